@@ -1,0 +1,36 @@
+"""Test configuration: float64 everywhere, and the location of the real data.
+
+Real data lives outside the repository. Point ``IMMUJAX_DATA_DIR`` at a directory holding
+``house_price/`` and ``mnist/`` (from the project root that is ``../shared/data``); when the
+variable is unset the fixtures look there, and reproduction tests skip with a reason when the
+data is absent.
+"""
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+_DEFAULT = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def data_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("IMMUJAX_DATA_DIR", _DEFAULT))
+
+
+@pytest.fixture
+def house_dir():
+  d = data_dir() / "house_price"
+  if not (d / "D1.csv").exists():
+    pytest.skip(f"real house-price data not found at {d}; set IMMUJAX_DATA_DIR")
+  return d
+
+
+@pytest.fixture
+def mnist_dir():
+  d = data_dir() / "mnist"
+  if not (d / "train-images-idx3-ubyte.gz").exists():
+    pytest.skip(f"real MNIST IDX files not found at {d}; set IMMUJAX_DATA_DIR")
+  return d
