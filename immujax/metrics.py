@@ -66,8 +66,15 @@ def rir_from_hessians(h_p, h_h, h_p_ref, h_h_ref, *, kappa: str | LogKappa = "pi
     :class:`RIR`.
   """
   log_kappa = _log_kappa_fn(kappa, rtol)
-  log_h = log_kappa(h_h) - log_kappa(h_h_ref)
-  log_p = log_kappa(h_p) - log_kappa(h_p_ref)
+  mats = [spectral.check_symmetric_matrix(m, n) for m, n in
+          ((h_p, "h_p"), (h_h, "h_h"), (h_p_ref, "h_p_ref"), (h_h_ref, "h_h_ref"))]
+  if len({m.shape for m in mats}) == 1:
+    # One batched eigendecomposition: several concurrent eigh calls in one XLA:CPU program
+    # have deadlocked its small intra-op thread pool (BUILD_NOTES.md, "XLA:CPU deadlock").
+    lk = jax.vmap(log_kappa)(jnp.stack(mats))
+  else:
+    lk = [log_kappa(m) for m in mats]
+  log_p, log_h = lk[0] - lk[2], lk[1] - lk[3]
   return RIR(jnp.exp(log_h), jnp.exp(log_p), jnp.exp(log_h - log_p))
 
 
@@ -98,7 +105,8 @@ def relative_immunization_ratio(k_p, k_h, theta, *, theta0=None,
   k_h = spectral.check_symmetric_matrix(k_h, "k_h")
   h_p, h_h = spectral.hessian(theta, k_p), spectral.hessian(theta, k_h)
   if theta0 is None:
-    h_p0, h_h0 = k_p, k_h
+    # H(I) = K, symmetrized exactly as `hessian` does, so RIR(I) is exactly 1.
+    h_p0, h_h0 = 0.5 * (k_p + k_p.T), 0.5 * (k_h + k_h.T)
   else:
     h_p0, h_h0 = spectral.hessian(theta0, k_p), spectral.hessian(theta0, k_h)
   return rir_from_hessians(h_p, h_h, h_p0, h_h0, kappa=kappa, rtol=rtol)

@@ -182,9 +182,20 @@ def extremes(s: Array, *, rtol: float | None = None) -> Extremes:
     An :class:`Extremes`. For the zero matrix ``rank = 0`` and ``sigma_min = sigma_max = 0``.
   """
   s = jax.lax.stop_gradient(s)
+  # A diverged run must not stall a batch: LAPACK's eigh can take pathologically long on
+  # NaN/inf input. Decompose zeros instead; the caller's NaN state is already visible.
+  s = jnp.where(jnp.all(jnp.isfinite(s)), s, jnp.zeros_like(s))
   if rtol is None:
     rtol = default_rtol(s.shape, s.dtype)
-  lam, vecs = jnp.linalg.eigh(s)
+  # Decompose S/max|S| with entries below 1e-150 flushed to zero: this changes eigenvalues by
+  # far less than the rank tolerance, and keeps subnormal floats (from runs that shrink θ
+  # towards 0) out of LAPACK, where they slowed eigh down by orders of magnitude.
+  scale = jnp.max(jnp.abs(s))
+  scale = jnp.where(scale > 0, scale, 1.0)
+  s_n = s / scale
+  s_n = jnp.where(jnp.abs(s_n) < 1e-150, 0.0, s_n)
+  lam, vecs = jnp.linalg.eigh(s_n)
+  lam = lam * scale
   sig = jnp.abs(lam)
   i_max = jnp.argmax(sig)
   sigma_max = sig[i_max]

@@ -1,0 +1,39 @@
+"""House prices (Table 1, Fig. 1): Algorithm 1 and the three baselines, N seeds, one job.
+
+Paper (Sec. 6.1): gradient descent, η = 0.005, λ_P/λ_H "chosen by balancing the gradient
+norm" (values not recovered), 100 epochs. The authors' config (configs/house_price.yaml):
+Adam lr 5e-3, 10 epochs, batch 64, λ_r1 = 100, λ_r2 = 1e7 — see BUILD_NOTES.md for why we
+follow the paper, not their code.
+
+Usage: ``--config=experiments/configs/house_price.py`` or ``...house_price.py:quick``.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.methods = ("ours", "r_ill_only", "opt_kappa", "imma")
+  c.seeds = 5
+  c.n_train = 200            # authors' code: the first 200 rows of each split
+  c.learning_rate = 0.005    # paper, Sec. 6.1
+  c.steps = 1000             # full-batch GD steps (Alg. 1 is full-batch)
+  c.chunk_steps = 100        # compiled steps between progress lines / checkpoints
+  # Balancing (paper: "by balancing the gradient norm of R_well and R_ill"): the R_well step
+  # is `step_scale` of its stability limit (Thm 4.3(1)) and every other term's direction is
+  # scaled to the same norm at θ0 (immunize.balanced_weights).
+  c.step_scale = 0.2
+  c.clip_factor = 1.0        # cap each run's update norm at its first step's norm
+  c.imma_steps = 5           # IMMA's unrolled line-search attacker steps
+  c.init = "orthogonal"      # Haar θ0: κ-neutral, RIR(θ0) = 1 exactly
+  c.precondition_baselines = False
+  c.attack_steps = 100       # Fig. 1: GD with exact line search
+  c.kappa = "pinv"           # smallest non-zero singular value (Eq. 1)
+  if variant == "quick":
+    c.seeds = 2
+    c.steps = 40
+    c.chunk_steps = 20
+    c.attack_steps = 20
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r}; use '' or 'quick'")
+  return c

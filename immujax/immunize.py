@@ -1,0 +1,436 @@
+"""Algorithm 1 (condition-number regularized gradient descent) and the linear baselines.
+
+Paper mode, exactly Alg. 1 with full-batch covariances computed once::
+
+    ω_{t+1} = ω_t − η ∇_ω L(ω_t, θ_t; D_P)
+    θ_{t+1} = θ_t − η ∇_θ L(ω_t, θ_t; D_P)
+                  − η λ_P K_P⁻¹ ∇_θ R_well(θ_tᵀK_Pθ_t) − η λ_H K_H⁻¹ ∇_θ R_ill(θ_tᵀK_Hθ_t)
+
+The preconditioned directions are evaluated in closed form, ``K⁻¹∇_θR(θᵀKθ) = 2θ∇_S R``
+(Thm 4.2) — no inverse, and defined for singular K. The supervised gradient is not
+preconditioned. Gradient descent is ``optax.sgd`` (any optax optimizer may be passed).
+
+All four methods are points of one weight space (:class:`Weights`): every step computes the
+two probe Hessians and ONE eigendecomposition of each, from which R_well, R_ill, log κ and
+their gradients are read off; IMMA's unrolled attacker costs O(D²) per inner step. A method is
+therefore just an array of weights, and seeds × tasks × methods batch with ``jax.vmap`` into
+one compiled program without ``lax.switch`` (which under vmap would run every branch).
+
+``x`` conventions: θ is ``(D_in, D_hid)``, features ``X @ θ``, ω is ``(D_hid,)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from immujax import baselines
+from immujax import regularizers
+from immujax import spectral
+
+Array = jax.Array
+
+METHODS = ("ours", "r_ill_only", "opt_kappa", "imma")
+
+
+class Task(NamedTuple):
+  """A linear immunization problem; every field is an array, so tasks batch with vmap.
+
+  Attributes:
+    x_p: inputs of the supervised pre-training task, ``(N_P, D_in)``.
+    y_p: its targets, ``(N_P,)`` (regression values or {0, 1} labels).
+    k_p: covariance of D_P used by R_well and κ(H_P), ``(D_in, D_in)``.
+    k_h: covariance of D_H used by R_ill and κ(H_H), ``(D_in, D_in)``.
+    q_h: ``XᵀX`` of the harmful *supervised* task (IMMA's inner attacker), ``(D_in, D_in)``.
+    b_h: ``Xᵀy`` of the harmful task, ``(D_in,)``.
+    c_h: ``yᵀy`` of the harmful task, scalar.
+    n_h: number of harmful examples, scalar.
+  """
+  x_p: Array
+  y_p: Array
+  k_p: Array
+  k_h: Array
+  q_h: Array
+  b_h: Array
+  c_h: Array
+  n_h: Array
+
+
+def make_task(x_p, y_p, x_h, y_h, *, x_p_kappa=None, x_h_kappa=None) -> Task:
+  """Builds a :class:`Task`, computing the covariances once (Alg. 1, lines 1–2).
+
+  Args:
+    x_p: D_P inputs ``(N_P, D_in)``; y_p: D_P targets ``(N_P,)``.
+    x_h: D_H inputs ``(N_H, D_in)``; y_h: D_H targets ``(N_H,)`` (IMMA only).
+    x_p_kappa: inputs defining ``K_P`` if different from ``x_p`` (MNIST: the images of the
+      pre-training digit, while the supervised task also has negatives).
+    x_h_kappa: inputs defining ``K_H`` if different from ``x_h``.
+
+  Returns:
+    A :class:`Task` (float64 when x64 is enabled).
+  """
+  x_p = spectral._as_float(x_p, "x_p")
+  x_h = spectral._as_float(x_h, "x_h")
+  y_p = spectral._as_float(y_p, "y_p")
+  y_h = spectral._as_float(y_h, "y_h")
+  for name, x, y in (("x_p", x_p, y_p), ("x_h", x_h, y_h)):
+    if x.ndim != 2:
+      raise ValueError(f"`{name}` must be (N, D_in); got shape {x.shape}.")
+    if y.shape != (x.shape[0],):
+      raise ValueError(
+          f"targets for `{name}` must have shape ({x.shape[0]},); got {y.shape}. Pass one "
+          "scalar target per row.")
+  if x_p.shape[1] != x_h.shape[1]:
+    raise ValueError(
+        f"`x_p` has D_in={x_p.shape[1]} but `x_h` has D_in={x_h.shape[1]}; both tasks must "
+        "share the input space.")
+  k_p = spectral.covariance(x_p if x_p_kappa is None else x_p_kappa)
+  k_h = spectral.covariance(x_h if x_h_kappa is None else x_h_kappa)
+  if k_p.shape[0] != x_p.shape[1] or k_h.shape[0] != x_p.shape[1]:
+    raise ValueError("`x_p_kappa` / `x_h_kappa` must have the same D_in as `x_p`.")
+  return Task(x_p, y_p, k_p, k_h, spectral.covariance(x_h), x_h.T @ y_h, y_h @ y_h,
+              jnp.asarray(x_h.shape[0], x_h.dtype))
+
+
+class Weights(NamedTuple):
+  """Per-run objective weights (arrays, so methods batch with vmap).
+
+  Attributes:
+    supervised: weight of the D_P loss L(D_P, ω, θ).
+    r_well: λ_P, weight of R_well(H_P) (direction preconditioned by K_P⁻¹).
+    r_ill: λ_H, weight of R_ill(H_H) (preconditioned by K_H⁻¹).
+    log_kappa_p: Opt κ's weight on +log κ(H_P) (preconditioned by K_P⁻¹).
+    log_kappa_h: Opt κ's weight on −log κ(H_H) (preconditioned by K_H⁻¹).
+    imma: IMMA's weight on −L_H(θ, w_T(θ)).
+    precondition: 1 applies Alg. 1's K⁻¹ preconditioner to the spectral terms (Ours), 0
+      uses their plain gradient ``2Kθ∇_S`` (the baselines, "via gradient descent").
+    adaptive: 1 re-balances the two regularizers at every step instead of once at θ0:
+      λ_P,t = r_well / σ_1(H_P(θ_t)) (a fixed fraction of Thm 4.3(1)'s stability limit when
+      ``r_well = c/η``) and λ_H,t = r_ill·λ_P,t‖∇R_well‖_F / (r_well‖∇R_ill‖_F), i.e. the
+      R_ill gradient is rescaled to the R_well gradient's norm (BUILD_NOTES, "Balancing").
+  """
+  supervised: Array
+  r_well: Array
+  r_ill: Array
+  log_kappa_p: Array
+  log_kappa_h: Array
+  imma: Array
+  precondition: Array
+  adaptive: Array
+
+
+def method_weights(method: str, *, r_well: float = 0.0, r_ill: float = 0.0,
+                   log_kappa_p: float = 0.0, log_kappa_h: float = 0.0,
+                   imma: float = 0.0, supervised: float = 1.0,
+                   precondition: bool | None = None, adaptive: bool = False) -> Weights:
+  """The weights of a named method; terms the method does not use are zeroed.
+
+  Args:
+    method: one of ``METHODS``.
+    r_well, r_ill, log_kappa_p, log_kappa_h, imma, supervised: weights of each term.
+    precondition: K⁻¹-precondition the spectral terms; default True for ``"ours"``
+      (Alg. 1) and False for the baselines (plain gradient descent).
+
+  Returns:
+    :class:`Weights` with the method's terms only.
+  """
+  uses = {
+      "ours": ("r_well", "r_ill"),
+      "r_ill_only": ("r_ill",),
+      "opt_kappa": ("log_kappa_p", "log_kappa_h"),
+      "imma": ("imma",),
+  }
+  if method not in uses:
+    raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
+  given = dict(r_well=r_well, r_ill=r_ill, log_kappa_p=log_kappa_p,
+               log_kappa_h=log_kappa_h, imma=imma)
+  vals = {k: (v if k in uses[method] else 0.0) for k, v in given.items()}
+  if precondition is None:
+    precondition = method == "ours"
+  return Weights(supervised=jnp.asarray(supervised, float),
+                 precondition=jnp.asarray(float(precondition)),
+                 adaptive=jnp.asarray(float(adaptive)),
+                 **{k: jnp.asarray(v, float) for k, v in vals.items()})
+
+
+# --- supervised losses ------------------------------------------------------------------------
+
+def mse_loss(logits: Array, targets: Array) -> Array:
+  """Mean squared error, ``‖Φω − y‖² / N`` (the authors' house-price loss)."""
+  return jnp.mean((logits - targets) ** 2)
+
+
+def bce_loss(logits: Array, targets: Array) -> Array:
+  """Mean binary cross-entropy with logits (the authors' MNIST loss)."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
+
+
+LOSSES: dict[str, Callable[[Array, Array], Array]] = {"mse": mse_loss, "bce": bce_loss}
+
+
+def supervised_loss(theta: Array, omega: Array, task: Task, loss: str) -> Array:
+  """``L(D_P, ω, θ)`` with logits ``X_P θ ω``."""
+  return LOSSES[loss](task.x_p @ (theta @ omega), task.y_p)
+
+
+# --- one step ---------------------------------------------------------------------------------
+
+class Terms(NamedTuple):
+  """Per-step diagnostics (scalars per run)."""
+  supervised: Array
+  r_well: Array
+  r_ill: Array
+  log_kappa_p: Array
+  log_kappa_h: Array
+  imma: Array
+
+
+class Params(NamedTuple):
+  theta: Array
+  omega: Array
+
+
+def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse",
+              imma_steps: int = 5, rtol: float | None = None) -> tuple[Params, Terms]:
+  """The update direction of Alg. 1 (and the baselines) at ``params``.
+
+  Returns ``(d, terms)`` where ``d`` is what gradient descent subtracts (times η):
+  ``d_ω = ∇_ω L`` and
+  ``d_θ = ∇_θ L + 2θ(λ_P∇R_well(H_P) + λ_κP∇log κ(H_P) + λ_H∇R_ill(H_H) − λ_κH∇log κ(H_H))
+  − λ_imma ∇_θ L_H(θ, w_T(θ))``.
+
+  Args:
+    params: current ``Params(theta, omega)``.
+    task: the :class:`Task`.
+    weights: the method's :class:`Weights`.
+    loss: supervised loss name, ``"mse"`` or ``"bce"`` (static).
+    imma_steps: IMMA's inner attacker steps (static).
+    rtol: relative "non-zero" tolerance for rank and σ_min (static).
+
+  Returns:
+    ``(Params of directions, Terms of values)``.
+  """
+  theta, omega = params
+  sup, (g_theta, g_omega) = jax.value_and_grad(supervised_loss, argnums=(0, 1))(
+      theta, omega, task, loss)
+  kp_theta, kh_theta, h_p, h_h, e_p, e_h = _hessians_and_extremes(theta, task, rtol)
+  well = regularizers.r_well_value_and_grad(h_p, e_p)
+  ill = regularizers.r_ill_value_and_grad(h_h, e_h, rtol=rtol)
+  lk_p = baselines.log_kappa_value_and_grad(h_p, e_p)
+  lk_h = baselines.log_kappa_value_and_grad(h_h, e_h)
+  # ∇_θ R(θᵀKθ) = 2KθG, and K⁻¹ times it is 2θG: sum the G's acting through each Hessian
+  # first, then multiply once by θ (preconditioned) or by the Kθ already formed for H.
+  # Per-step balancing (weights.adaptive = 1): λ_P,t = r_well/σ_1(H_P), and R_ill's gradient
+  # rescaled to R_well's Frobenius norm; O(D²) extra work.
+  ada = weights.adaptive
+  inv_s1 = 1.0 / jnp.where(e_p.sigma_max > 0, e_p.sigma_max, 1.0)
+  n_well, n_ill = jnp.linalg.norm(well.grad), jnp.linalg.norm(ill.grad)
+  ratio = n_well * inv_s1 / jnp.where(n_ill > 0, n_ill, 1.0)
+  lam_well = weights.r_well * (ada * inv_s1 + (1.0 - ada))
+  lam_ill = weights.r_ill * (ada * ratio + (1.0 - ada))
+  g_p = lam_well * well.grad + weights.log_kappa_p * lk_p.grad
+  g_h = lam_ill * ill.grad - weights.log_kappa_h * lk_h.grad
+  pre = weights.precondition
+  m_p = pre * theta + (1.0 - pre) * kp_theta
+  m_h = pre * theta + (1.0 - pre) * kh_theta
+  d_theta = weights.supervised * g_theta + 2.0 * (m_p @ g_p + m_h @ g_h)
+  if imma_steps > 0:  # static: batches without IMMA skip its unrolled attacker entirely
+    imma_loss, g_imma = jax.value_and_grad(baselines.imma_harmful_loss)(
+        theta, task.q_h, task.b_h, task.c_h, task.n_h, steps=imma_steps)
+    d_theta = d_theta - weights.imma * g_imma
+  else:
+    imma_loss = jnp.zeros_like(sup)
+  d_omega = weights.supervised * g_omega
+  terms = Terms(sup, well.value, ill.value, lk_p.value, lk_h.value, imma_loss)
+  return Params(d_theta, d_omega), terms
+
+
+def _hessians_and_extremes(theta, task, rtol):
+  kp_theta, kh_theta = task.k_p @ theta, task.k_h @ theta
+  h_p = _sym(theta.T @ kp_theta)
+  h_h = _sym(theta.T @ kh_theta)
+  # ONE batched eigendecomposition of both Hessians. Besides halving dispatch overhead, this
+  # avoids two concurrent LAPACK custom calls, which deadlocked XLA:CPU's small intra-op
+  # thread pool on this 2-core machine (jaxlib 0.10.2; see BUILD_NOTES.md).
+  e = jax.vmap(functools.partial(spectral.extremes, rtol=rtol))(jnp.stack([h_p, h_h]))
+  e_p = jax.tree.map(lambda a: a[0], e)
+  e_h = jax.tree.map(lambda a: a[1], e)
+  return kp_theta, kh_theta, h_p, h_h, e_p, e_h
+
+
+def _flush_subnormal(x):
+  # Subnormal floats (from directions a method shrinks towards 0) are harmless for the maths
+  # but make CPU arithmetic and LAPACK orders of magnitude slower: flush them to zero.
+  return jnp.where(jnp.abs(x) < jnp.finfo(x.dtype).tiny, jnp.zeros_like(x), x)
+
+
+def _sym(h):
+  return 0.5 * (h + h.T)
+
+
+class State(NamedTuple):
+  """Training state of one run (a pytree of arrays; batched runs stack it)."""
+  params: Params
+  opt_state: optax.OptState
+  step: Array
+
+
+def _clipped_sgd(learning_rate, max_norm):
+  return optax.chain(optax.clip_by_global_norm(max_norm), optax.sgd(learning_rate))
+
+
+def sgd(learning_rate, max_norm=jnp.inf) -> optax.GradientTransformation:
+  """Gradient descent (Alg. 1) with an optional cap on the update direction's global norm.
+
+  Both hyperparameters live in the optimizer state (``optax.inject_hyperparams``), so runs
+  with different values batch with vmap. ``max_norm = inf`` is plain gradient descent.
+  """
+  return optax.inject_hyperparams(_clipped_sgd)(learning_rate=learning_rate,
+                                                max_norm=max_norm)
+
+
+def init_params(key: Array, d_in: int, d_hid: int | None = None, *,
+                init: str = "orthogonal", dtype=jnp.float64) -> Params:
+  """Initial extractor and head.
+
+  Args:
+    key: a PRNG key.
+    d_in: input dimension.
+    d_hid: feature dimension (default ``d_in``, the paper's square θ).
+    init: ``"orthogonal"`` (default: a Haar-random orthogonal θ0, which leaves every
+      spectrum unchanged, so RIR(θ0) = 1 exactly while seeds start from different points),
+      ``"identity"`` (θ0 = I), or ``"torch_default"`` (U(−1/√D_in, 1/√D_in), what the
+      authors' ``nn.Linear`` used).
+    dtype: parameter dtype.
+
+  Returns:
+    ``Params(theta (d_in, d_hid), omega (d_hid,))`` with ω ~ N(0, 1/d_hid).
+  """
+  d_hid = d_in if d_hid is None else d_hid
+  k_theta, k_omega = jax.random.split(key)
+  if init == "orthogonal":
+    theta = jax.random.orthogonal(k_theta, max(d_in, d_hid), dtype=dtype)[:d_in, :d_hid]
+  elif init == "identity":
+    theta = jnp.eye(d_in, d_hid, dtype=dtype)
+  elif init == "torch_default":
+    bound = 1.0 / jnp.sqrt(d_in)
+    theta = jax.random.uniform(k_theta, (d_in, d_hid), dtype, -bound, bound)
+  else:
+    raise ValueError(
+        f"`init` must be 'orthogonal', 'identity' or 'torch_default'; got {init!r}.")
+  omega = jax.random.normal(k_omega, (d_hid,), dtype) / jnp.sqrt(d_hid)
+  return Params(theta, omega)
+
+
+def init_state(params: Params, learning_rate, max_norm=jnp.inf,
+               optimizer: Callable[..., optax.GradientTransformation] = sgd) -> State:
+  """Wraps initial params with the optimizer state; hyperparameters may be arrays."""
+  tx = optimizer(learning_rate, max_norm)
+  return State(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def direction_norm(params: Params, task: Task, weights: Weights, **kwargs) -> Array:
+  """Global norm of :func:`direction` at ``params`` (used to set a run's ``max_norm``)."""
+  d, _ = direction(params, task, weights, **kwargs)
+  return optax.global_norm(d)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol", "optimizer"))
+def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: str = "mse",
+              imma_steps: int = 5, rtol: float | None = None,
+              optimizer: Callable[..., optax.GradientTransformation] = sgd
+              ) -> tuple[State, Terms]:
+  """Runs ``steps`` iterations of Alg. 1 with ``lax.scan`` (one compiled chunk).
+
+  The optimizer's hyperparameters live in ``state.opt_state`` (see :func:`sgd`), so this
+  function is pure in ``(state, task, weights)`` and vmaps over all three.
+
+  Returns:
+    ``(final state, Terms stacked over steps)``.
+  """
+  tx = optimizer(0.0, 0.0)  # hyperparameters are read from the injected state, not here
+
+  def body(state, _):
+    d, terms = direction(state.params, task, weights, loss=loss, imma_steps=imma_steps,
+                         rtol=rtol)
+    updates, opt_state = tx.update(d, state.opt_state, state.params)
+    params = jax.tree.map(_flush_subnormal, optax.apply_updates(state.params, updates))
+    return State(params, opt_state, state.step + 1), terms
+
+  return jax.lax.scan(body, state, None, length=steps)
+
+
+def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
+                     step_scale: float, imma_steps: int = 5) -> dict[str, Array]:
+  """Regularizer weights "balanced by gradient norm" (paper, Sec. 6), made concrete.
+
+  λ_P is set so the R_well step is a fixed fraction of its stability limit
+  (``η λ_P σ_1(H_P(θ0)) = step_scale``; Thm 4.3(1) needs ``< 1/(1 − 1/D)``), and every other
+  term's weight so that its (preconditioned) direction at θ0 has the same Frobenius norm as
+  λ_P's R_well direction — preconditioned for Ours' R_ill (``r_ill``), plain gradient for
+  the baselines (``r_ill_plain``, ``log_kappa_*``, ``imma``). Computed once, at θ0.
+
+  Args:
+    params0: initial parameters.
+    task: the :class:`Task`.
+    learning_rate: η.
+    step_scale: the R_well step as a fraction of its stability limit.
+    imma_steps: IMMA's inner steps.
+
+  Returns:
+    Dict with keys ``r_well, r_ill, r_ill_plain, log_kappa_p, log_kappa_h, imma``.
+  """
+  theta = params0.theta
+  kp_theta, kh_theta, h_p, h_h, e_p, e_h = _hessians_and_extremes(theta, task, None)
+  lam_p = step_scale / (learning_rate * e_p.sigma_max)
+  norm = lambda m, g: jnp.linalg.norm(2.0 * m @ g)
+  target = lam_p * norm(theta, regularizers.r_well_value_and_grad(h_p, e_p).grad)
+  g_ill = regularizers.r_ill_value_and_grad(h_h, e_h).grad
+  g_imma = jax.grad(baselines.imma_harmful_loss)(
+      theta, task.q_h, task.b_h, task.c_h, task.n_h, steps=imma_steps)
+  return dict(
+      r_well=lam_p,
+      r_ill=target / norm(theta, g_ill),
+      r_ill_plain=target / norm(kh_theta, g_ill),
+      log_kappa_p=target / norm(kp_theta, baselines.log_kappa_value_and_grad(h_p, e_p).grad),
+      log_kappa_h=target / norm(kh_theta, baselines.log_kappa_value_and_grad(h_h, e_h).grad),
+      imma=target / jnp.linalg.norm(g_imma),
+  )
+
+
+def balanced_method_weights(method: str, balanced: dict[str, Array], *,
+                            precondition_baselines: bool = False,
+                            adaptive: bool = False, learning_rate: float | None = None,
+                            step_scale: float | None = None) -> Weights:
+  """:class:`Weights` of ``method`` from the output of :func:`balanced_weights`.
+
+  Args:
+    method: one of ``METHODS``.
+    balanced: the dict returned by :func:`balanced_weights`.
+    precondition_baselines: ablation — give R_ill Only and Opt κ Alg. 1's preconditioner
+      (their weights are then re-balanced on the preconditioned norm only for R_ill).
+    adaptive: Ours re-balances λ_P, λ_H at every step (see :class:`Weights`).
+    learning_rate, step_scale: η and c, needed when ``adaptive``.
+
+  Returns:
+    :class:`Weights`.
+  """
+  b = balanced
+  if method == "ours" and adaptive:
+    if learning_rate is None or step_scale is None:
+      raise ValueError("adaptive balancing needs `learning_rate` and `step_scale`.")
+    c = step_scale / learning_rate
+    return method_weights("ours", r_well=c, r_ill=c, adaptive=True)
+  if method == "ours":
+    return method_weights("ours", r_well=b["r_well"], r_ill=b["r_ill"])
+  if method == "r_ill_only":
+    return method_weights("r_ill_only", precondition=precondition_baselines,
+                          r_ill=b["r_ill"] if precondition_baselines else b["r_ill_plain"])
+  if method == "opt_kappa":
+    return method_weights("opt_kappa", precondition=precondition_baselines,
+                          log_kappa_p=b["log_kappa_p"], log_kappa_h=b["log_kappa_h"])
+  return method_weights(method, imma=b["imma"])

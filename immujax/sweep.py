@@ -1,0 +1,158 @@
+"""Many linear immunization runs as one compiled program: tasks × methods × seeds.
+
+Layout: ``tasks`` carry a leading axis ``T`` (e.g. the 90 MNIST digit pairs, or 1 for house
+prices); states and weights carry ``(T, R)`` with ``R = len(methods) · seeds`` runs per task.
+The program is ``jit(vmap_T(vmap_R(run_steps)))`` — each task's matrices are stored once and
+broadcast over its runs. With a device mesh the ``T`` axis is sharded over devices
+(``jax.sharding.NamedSharding``); ``T`` is padded to a multiple of the device count.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from immujax import immunize
+from immujax import metrics
+from immujax import spectral
+
+Array = jax.Array
+
+
+class Runs(NamedTuple):
+  """Batched training state and per-run weights, leading axes ``(T, R)``."""
+  state: immunize.State
+  weights: immunize.Weights
+
+
+def run_index(methods: Sequence[str], seeds: int) -> list[tuple[str, int]]:
+  """The (method, seed) of each of the ``R`` runs of a task, in batch order."""
+  return [(m, s) for m in methods for s in range(seeds)]
+
+
+def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: int, *,
+              learning_rate: float, step_scale: float, clip_factor: float = 1.0,
+              imma_steps: int = 5, init: str = "orthogonal",
+              precondition_baselines: bool = False, adaptive: bool = False) -> Runs:
+  """Initial states and balanced weights for every (task, method, seed).
+
+  Seed ``s`` uses the same θ0 for every task and method (common random numbers), so methods
+  differ only by their objective.
+
+  Args:
+    key: PRNG key.
+    tasks: batched :class:`immunize.Task` with leading axis ``T``.
+    methods: method names (see ``immunize.METHODS``).
+    seeds: runs per method.
+    learning_rate: η.
+    step_scale: R_well step as a fraction of its stability limit (balancing).
+    clip_factor: each run's update norm is capped at ``clip_factor`` × its first step's norm
+      (``inf`` disables).
+    imma_steps: IMMA's inner steps.
+    init: θ0 initialisation (``immunize.init_params``).
+    precondition_baselines: ablation flag (``immunize.balanced_method_weights``).
+    adaptive: Ours re-balances its λ's at every step (``immunize.Weights``).
+
+  Returns:
+    :class:`Runs` with leading axes ``(T, R)``.
+  """
+  for m in methods:
+    if m not in immunize.METHODS:
+      raise ValueError(f"unknown method {m!r} in `methods`; choose from {immunize.METHODS}.")
+  d_in = tasks.k_p.shape[-1]
+  keys = jax.random.split(key, seeds)
+
+  def one_task(task):
+    def one_seed(k):
+      params0 = immunize.init_params(k, d_in, init=init)
+      bal = immunize.balanced_weights(params0, task, learning_rate=learning_rate,
+                                      step_scale=step_scale, imma_steps=imma_steps)
+      ws = [immunize.balanced_method_weights(
+          m, bal, precondition_baselines=precondition_baselines, adaptive=adaptive,
+          learning_rate=learning_rate, step_scale=step_scale) for m in methods]
+      ws = jax.tree.map(lambda *a: jnp.stack(a), *ws)  # (M,)
+      norms = jax.vmap(lambda w: immunize.direction_norm(
+          params0, task, w, imma_steps=imma_steps))(ws)
+      states = jax.vmap(lambda n: immunize.init_state(params0, learning_rate,
+                                                      clip_factor * n))(norms)
+      return states, ws
+    states, ws = jax.vmap(one_seed)(keys)  # (S, M, ...)
+    # Reorder to (M, S) then flatten to R = M·S (method-major, like run_index).
+    flat = lambda a: jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:])
+    return jax.tree.map(flat, states), jax.tree.map(flat, ws)
+
+  states, ws = jax.jit(jax.vmap(one_task))(tasks)
+  return Runs(states, ws)
+
+
+def device_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named ``"tasks"`` over the given (default: all) devices."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ("tasks",))
+
+
+def pad_tasks(tree, multiple: int):
+  """Pads the leading (task) axis to a multiple of ``multiple`` by repeating the last task."""
+  t = jax.tree.leaves(tree)[0].shape[0]
+  pad = (-t) % multiple
+  if pad == 0:
+    return tree
+  return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), tree)
+
+
+def shard_tasks(tree, mesh: Mesh):
+  """Places a pytree with a leading task axis on ``mesh``, split along that axis."""
+  sharding = NamedSharding(mesh, PartitionSpec("tasks"))
+  return jax.device_put(tree, sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol"))
+def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Weights, *,
+              steps: int, loss: str = "mse", imma_steps: int = 5, rtol: float | None = None
+              ) -> tuple[immunize.State, immunize.Terms]:
+  """``steps`` steps of every run: ``vmap_T(vmap_R(immunize.run_steps))``.
+
+  Returns the new state and the last step's :class:`immunize.Terms`, shape ``(T, R)``.
+  """
+  def per_run(s, task, w):
+    s, terms = immunize.run_steps(s, task, w, steps=steps, loss=loss,
+                                  imma_steps=imma_steps, rtol=rtol)
+    return s, jax.tree.map(lambda a: a[-1], terms)
+  per_task = jax.vmap(per_run, in_axes=(0, None, 0))
+  return jax.vmap(per_task)(state, tasks, weights)
+
+
+class Evaluation(NamedTuple):
+  """Final metrics per run, shape ``(T, R)``."""
+  rir: Array
+  ratio_h: Array
+  ratio_p: Array
+  dp_loss: Array          # L(D_P, ω_T, θ_T), the trained model
+  finite: Array           # False if the run diverged
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "kappa"))
+def evaluate(state: immunize.State, tasks: immunize.Task, *, loss: str = "mse",
+             kappa: str = "pinv") -> Evaluation:
+  """RIR (Eq. 15, against the identity) and the D_P loss of every run."""
+  def per_run(params, task):
+    theta = params.theta
+    finite = jnp.all(jnp.isfinite(theta)) & jnp.all(jnp.isfinite(params.omega))
+    safe = jnp.where(finite, theta, jnp.eye(*theta.shape, dtype=theta.dtype))
+    h = jnp.stack([spectral.hessian(safe, task.k_p), spectral.hessian(safe, task.k_h),
+                   task.k_p, task.k_h])
+    # One batched eigendecomposition (concurrent eigh calls can deadlock XLA:CPU).
+    log_kappa = (spectral.log_condition_number if kappa == "pinv"
+                 else spectral.log_condition_number_authors)
+    lk = jax.vmap(log_kappa)(h)
+    log_h, log_p = lk[1] - lk[3], lk[0] - lk[2]
+    r = metrics.RIR(jnp.exp(log_h), jnp.exp(log_p), jnp.exp(log_h - log_p))
+    r = metrics.RIR(*(jnp.where(finite, v, jnp.nan) for v in r))
+    dp = immunize.supervised_loss(theta, params.omega, task, loss)
+    return Evaluation(r.rir, r.ratio_h, r.ratio_p, dp, finite)
+  return jax.vmap(jax.vmap(per_run, in_axes=(0, None)))(state.params, tasks)
