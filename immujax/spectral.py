@@ -167,6 +167,26 @@ class Extremes(NamedTuple):
   frobenius_sq: Array
 
 
+@jax.custom_batching.custom_vmap
+def _eigh(s: Array) -> tuple[Array, Array]:
+  lam, vecs = jnp.linalg.eigh(s)
+  return lam, vecs
+
+
+@_eigh.def_vmap
+def _eigh_vmap(axis_size, in_batched, s):
+  # jaxlib's *batched* CPU eigh kernel parallelises over the batch on XLA's intra-op thread
+  # pool and blocks until done; when every pool thread is inside such a kernel (two
+  # concurrent eigh calls, or several devices simulated on one host) nothing is left to run
+  # the sub-tasks and the process deadlocks (observed with jaxlib 0.10.2 on 2 cores). A
+  # sequential map of unbatched calls has no nested parallelism. Parallelism across runs
+  # comes from sharding the batch over devices instead (BUILD_NOTES.md, "XLA:CPU deadlock").
+  del axis_size
+  if not in_batched[0]:
+    return _eigh(s), (False, False)
+  return jax.lax.map(_eigh, s), (True, True)
+
+
 def extremes(s: Array, *, rtol: float | None = None) -> Extremes:
   """Extreme non-zero eigenpairs of a symmetric matrix (no gradient: values only).
 
@@ -194,7 +214,7 @@ def extremes(s: Array, *, rtol: float | None = None) -> Extremes:
   scale = jnp.where(scale > 0, scale, 1.0)
   s_n = s / scale
   s_n = jnp.where(jnp.abs(s_n) < 1e-150, 0.0, s_n)
-  lam, vecs = jnp.linalg.eigh(s_n)
+  lam, vecs = _eigh(s_n)
   lam = lam * scale
   sig = jnp.abs(lam)
   i_max = jnp.argmax(sig)

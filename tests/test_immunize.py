@@ -1,0 +1,147 @@
+"""Tests for immujax/immunize.py, baselines.py and sweep.py: Alg. 1 steps in closed form."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import immujax as ij
+from immujax import baselines
+from immujax import immunize as im
+from immujax import sweep
+from tests.helpers import random_psd
+
+
+def _task(seed=0, n=40, d=5, rank_h=None):
+  rng = np.random.default_rng(seed)
+  x_p, x_h = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+  if rank_h is not None:
+    x_h[:, rank_h:] = x_h[:, :1]  # duplicate columns: K_H singular
+  return im.make_task(x_p, rng.normal(size=n), x_h, rng.normal(size=n)), (x_p, x_h)
+
+
+def _one_step(task, weights, params, eta=0.01, loss="mse"):
+  state = im.init_state(params, eta)
+  new, _ = im.run_steps(state, task, weights, steps=1, loss=loss)
+  return new.params
+
+
+def _close(a, b, rtol=1e-9):
+  np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(np.asarray(b)).max())
+
+
+def test_paper_mode_step_equals_algorithm_1_closed_form():
+  task, (x_p, _) = _task()
+  params = im.init_params(jax.random.key(0), 5)
+  lam_p, lam_h, eta = 0.3, 7.0, 0.01
+  w = im.method_weights("ours", r_well=lam_p, r_ill=lam_h)
+  new = _one_step(task, w, params, eta)
+  theta, omega = params
+  g_theta, g_omega = jax.grad(im.supervised_loss, (0, 1))(theta, omega, task, "mse")
+  # Alg. 1 line 6 with explicit inverses of the (full-rank) covariances.
+  grad_well = jax.grad(lambda t: ij.r_well(ij.hessian(t, task.k_p)))(theta)
+  grad_ill = jax.grad(lambda t: ij.r_ill(ij.hessian(t, task.k_h)))(theta)
+  theta1 = (theta - eta * g_theta - eta * lam_p * np.linalg.solve(task.k_p, grad_well)
+            - eta * lam_h * np.linalg.solve(task.k_h, grad_ill))
+  _close(new.theta, theta1)
+  _close(new.omega, omega - eta * g_omega)  # line 4: ω uses the same (ω_t, θ_t)
+
+
+def test_paper_mode_works_for_singular_k_without_inverse():
+  task, _ = _task(rank_h=3)
+  assert int(ij.numerical_rank(task.k_h)) == 3
+  params = im.init_params(jax.random.key(1), 5)
+  w = im.method_weights("ours", r_well=0.0, r_ill=5.0, supervised=0.0)
+  new = _one_step(task, w, params, 0.01)
+  # Closed form 2θ∇_S R_ill: the step keeps H_H's eigenvectors and raises κ (Thm 4.3(2)).
+  g = jax.grad(ij.r_ill)(ij.hessian(params.theta, task.k_h))
+  _close(new.theta, params.theta - 0.01 * 5.0 * 2 * params.theta @ g)
+  assert (float(ij.condition_number(ij.hessian(new.theta, task.k_h)))
+          > float(ij.condition_number(ij.hessian(params.theta, task.k_h))))
+
+
+def test_baselines_use_plain_gradients():
+  task, _ = _task(2)
+  params = im.init_params(jax.random.key(2), 5)
+  theta, omega = params
+  eta = 0.01
+  g_sup = jax.grad(im.supervised_loss)(theta, omega, task, "mse")
+  # R_ill Only: GD on L + λ R_ill(H_H) through the installed custom VJP.
+  w = im.method_weights("r_ill_only", r_ill=3.0)
+  g = jax.grad(lambda t: 3.0 * ij.r_ill(ij.hessian(t, task.k_h)))(theta)
+  _close(_one_step(task, w, params, eta).theta, theta - eta * (g_sup + g))
+  # Opt κ: GD on L + λ_P log κ(H_P) − λ_H log κ(H_H).
+  w = im.method_weights("opt_kappa", log_kappa_p=0.5, log_kappa_h=0.2)
+  g = jax.grad(lambda t: 0.5 * ij.log_condition_number(ij.hessian(t, task.k_p))
+               - 0.2 * ij.log_condition_number(ij.hessian(t, task.k_h)))(theta)
+  _close(_one_step(task, w, params, eta).theta, theta - eta * (g_sup + g))
+
+
+def test_imma_inner_attacker_matches_feature_space_unrolling():
+  task, (_, x_h) = _task(3)
+  rng = np.random.default_rng(3)
+  theta = jnp.asarray(rng.normal(size=(5, 5)))
+  # Reference: unroll GD with exact line search on the features directly.
+  y = rng.normal(size=x_h.shape[0])
+  def reference(t):
+    phi = x_h @ t
+    w = jnp.zeros(5)
+    for _ in range(4):
+      g = 2 * phi.T @ (phi @ w - y)
+      w = w - (g @ g) / (2 * jnp.sum((phi @ g) ** 2)) * g
+    return jnp.mean((phi @ w - y) ** 2)
+  stats = (x_h.T @ x_h, x_h.T @ y, y @ y, float(x_h.shape[0]))
+  ours = lambda t: baselines.imma_harmful_loss(t, *stats, steps=4)
+  _close(ours(theta), reference(theta))
+  g = jax.grad(ours)(theta)
+  assert float(jnp.linalg.norm(g)) > 0  # differentiated through the inner loop
+  _close(g, jax.grad(reference)(theta), rtol=1e-7)
+
+
+def test_sweep_all_methods_jit_vmap_finite_and_compiles_once():
+  tasks = jax.tree.map(lambda *a: jnp.stack(a), _task(4)[0], _task(5)[0])
+  runs = sweep.init_runs(jax.random.key(0), tasks, im.METHODS, 2, learning_rate=0.01,
+                         step_scale=0.2)
+  assert runs.state.params.theta.shape == (2, 8, 5, 5)
+  before = sweep.run_chunk._cache_size()
+  state, terms = sweep.run_chunk(runs.state, tasks, runs.weights, steps=3)
+  state, terms = sweep.run_chunk(state, tasks, runs.weights, steps=3)
+  assert sweep.run_chunk._cache_size() == before + 1
+  assert np.all(np.isfinite(state.params.theta)) and np.all(np.isfinite(terms.supervised))
+  ev = sweep.evaluate(state, tasks)
+  assert ev.rir.shape == (2, 8) and np.all(ev.finite)
+  # Same seed ⇒ same θ0 for every method (common random numbers).
+  _close(runs.state.params.theta[0, 0], runs.state.params.theta[0, 2])
+
+
+def test_ours_raises_rir_on_a_toy_problem():
+  # D_P and D_H stretch opposite input directions: immunization is possible (Prop. 3.2).
+  rng = np.random.default_rng(6)
+  scale = np.array([10, 5, 2, 1, 0.5, 0.2])
+  x_p, x_h = rng.normal(size=(60, 6)) * scale, rng.normal(size=(60, 6)) * scale[::-1]
+  task = im.make_task(x_p, rng.normal(size=60), x_h, rng.normal(size=60))
+  tasks = jax.tree.map(lambda a: a[None], task)
+  runs = sweep.init_runs(jax.random.key(1), tasks, ("ours",), 1, learning_rate=0.01,
+                         step_scale=0.2)
+  state, _ = sweep.run_chunk(runs.state, tasks, runs.weights, steps=200)
+  ev = sweep.evaluate(state, tasks)
+  assert float(ev.ratio_h[0, 0]) > 10 and float(ev.ratio_p[0, 0]) < 0.1
+  assert float(ev.rir[0, 0]) > 1e3
+
+
+def test_orthogonal_init_is_kappa_neutral():
+  task, _ = _task(7)
+  params = im.init_params(jax.random.key(3), 5)
+  assert float(ij.relative_immunization_ratio(task.k_p, task.k_h, params.theta).rir) == \
+      pytest.approx(1.0, abs=1e-10)
+
+
+def test_bad_inputs():
+  rng = np.random.default_rng(0)
+  with pytest.raises(ValueError, match="x_h"):
+    im.make_task(rng.normal(size=(5, 3)), np.zeros(5), rng.normal(size=(5, 4)), np.zeros(5))
+  with pytest.raises(ValueError, match="targets"):
+    im.make_task(rng.normal(size=(5, 3)), np.zeros(4), rng.normal(size=(5, 3)), np.zeros(5))
+  with pytest.raises(ValueError, match="method"):
+    im.method_weights("nope")
+  with pytest.raises(ValueError, match="init"):
+    im.init_params(jax.random.key(0), 3, init="nope")
