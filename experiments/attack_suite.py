@@ -44,26 +44,32 @@ from immujax import sweep
 from immujax import training
 from immujax.data import house_prices
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(pathlib.Path(__file__).parent / "configs" / "attack_suite.py"),
-    "Experiment configuration.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_HOUSE_WORKDIR = flags.DEFINE_string(
-    "house_workdir", None, "A finished experiments.house_price workdir (results.json + "
-    "checkpoints/) whose extractors are attacked.")
-_MNIST_WORKDIR = flags.DEFINE_string(
-    "mnist_workdir", None, "A finished experiments.mnist_pairs workdir whose extractors are "
-    "attacked.")
-_RECOMPUTE = flags.DEFINE_bool(
-    "recompute", False, "Train house-price extractors in-process (config.recompute_variant "
-    "of experiments/configs/house_price.py) instead of loading --house_workdir.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "House-price data: directory with D1.csv/D2.csv or Kaggle's train.csv "
-    "(default: $IMMUJAX_HOUSE_DIR, $IMMUJAX_DATA_DIR/house_price, or the data_dir recorded in "
-    "--house_workdir's results.json).")
-_MAX_PAIRS = flags.DEFINE_integer(
-    "max_pairs", None, "MNIST: attack only the first N digit pairs (default: "
-    "config.max_pairs).")
+
+def _define_flags():
+  # Flags are defined only when this module runs as a program, so several binaries can
+  # be imported side by side (tests, the attack suite) without duplicate-flag errors.
+  global _CONFIG, _WORKDIR, _HOUSE_WORKDIR, _MNIST_WORKDIR, _RECOMPUTE, _DATA_DIR, _MAX_PAIRS
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", str(pathlib.Path(__file__).parent / "configs" / "attack_suite.py"),
+      "Experiment configuration.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+  _HOUSE_WORKDIR = flags.DEFINE_string(
+      "house_workdir", None, "A finished experiments.house_price workdir (results.json + "
+      "checkpoints/) whose extractors are attacked.")
+  _MNIST_WORKDIR = flags.DEFINE_string(
+      "mnist_workdir", None, "A finished experiments.mnist_pairs workdir whose extractors are "
+      "attacked.")
+  _RECOMPUTE = flags.DEFINE_bool(
+      "recompute", False, "Train house-price extractors in-process (config.recompute_variant "
+      "of experiments/configs/house_price.py) instead of loading --house_workdir.")
+  _DATA_DIR = flags.DEFINE_string(
+      "data_dir", None, "House-price data: directory with D1.csv/D2.csv or Kaggle's train.csv "
+      "(default: $IMMUJAX_HOUSE_DIR, $IMMUJAX_DATA_DIR/house_price, or the data_dir recorded in "
+      "--house_workdir's results.json).")
+  _MAX_PAIRS = flags.DEFINE_integer(
+      "max_pairs", None, "MNIST: attack only the first N digit pairs (default: "
+      "config.max_pairs).")
+
 
 SIDES = ("D_H", "D_P")
 PAPER_RIR_OURS = {"house": 356.2, "mnist": 70.04}   # Table 1 and Table 2 of the paper
@@ -621,4 +627,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

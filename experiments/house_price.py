@@ -28,17 +28,23 @@ from immujax import sweep
 from immujax import training
 from immujax.data import house_prices
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(pathlib.Path(__file__).parent / "configs" / "house_price.py"),
-    "Experiment configuration.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Directory with D1.csv/D2.csv or Kaggle's train.csv "
-    "(default: $IMMUJAX_HOUSE_DIR or $IMMUJAX_DATA_DIR/house_price).")
-_CACHE_DIR = flags.DEFINE_string(
-    "cache_dir", None, "With no data dir: download OpenML house_prices (id 42165) here.")
-_MAX_CHUNKS = flags.DEFINE_integer(
-    "max_chunks", None, "Stop after this many chunks, as if killed (for resume tests).")
+
+def _define_flags():
+  # Flags are defined only when this module runs as a program, so several binaries can
+  # be imported side by side (tests, the attack suite) without duplicate-flag errors.
+  global _CONFIG, _WORKDIR, _DATA_DIR, _CACHE_DIR, _MAX_CHUNKS
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", str(pathlib.Path(__file__).parent / "configs" / "house_price.py"),
+      "Experiment configuration.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+  _DATA_DIR = flags.DEFINE_string(
+      "data_dir", None, "Directory with D1.csv/D2.csv or Kaggle's train.csv "
+      "(default: $IMMUJAX_HOUSE_DIR or $IMMUJAX_DATA_DIR/house_price).")
+  _CACHE_DIR = flags.DEFINE_string(
+      "cache_dir", None, "With no data dir: download OpenML house_prices (id 42165) here.")
+  _MAX_CHUNKS = flags.DEFINE_integer(
+      "max_chunks", None, "Stop after this many chunks, as if killed (for resume tests).")
+
 
 # Table 1 of the paper (means; digest §5.1).
 PAPER_TABLE1 = {
@@ -183,4 +189,5 @@ def _plot(curves, path):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -30,17 +30,23 @@ from immujax import sweep
 from immujax import training
 from immujax.data import mnist
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(pathlib.Path(__file__).parent / "configs" / "mnist_pairs.py"),
-    "Experiment configuration.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_MNIST_DIR = flags.DEFINE_string(
-    "mnist_dir", None, "Directory of the four MNIST IDX files (source 'idx'; default "
-    "$IMMUJAX_MNIST_DIR or $IMMUJAX_DATA_DIR/mnist).")
-_TFDS_DIR = flags.DEFINE_string("tfds_data_dir", None, "tfds data dir (source 'tfds').")
-_MAX_CHUNKS = flags.DEFINE_integer(
-    "max_chunks", None, "Stop after this many chunks, as if killed (for resume tests).")
-_DEVICES = flags.DEFINE_integer("devices", None, "Use only the first N devices.")
+
+def _define_flags():
+  # Flags are defined only when this module runs as a program, so several binaries can
+  # be imported side by side (tests, the attack suite) without duplicate-flag errors.
+  global _CONFIG, _WORKDIR, _MNIST_DIR, _TFDS_DIR, _MAX_CHUNKS, _DEVICES
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", str(pathlib.Path(__file__).parent / "configs" / "mnist_pairs.py"),
+      "Experiment configuration.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+  _MNIST_DIR = flags.DEFINE_string(
+      "mnist_dir", None, "Directory of the four MNIST IDX files (source 'idx'; default "
+      "$IMMUJAX_MNIST_DIR or $IMMUJAX_DATA_DIR/mnist).")
+  _TFDS_DIR = flags.DEFINE_string("tfds_data_dir", None, "tfds data dir (source 'tfds').")
+  _MAX_CHUNKS = flags.DEFINE_integer(
+      "max_chunks", None, "Stop after this many chunks, as if killed (for resume tests).")
+  _DEVICES = flags.DEFINE_integer("devices", None, "Use only the first N devices.")
+
 
 # Table 2 of the paper: mean RIR over the 90 pairs (digest §5.2), and Fig. 2's success counts.
 PAPER_TABLE2 = {"r_ill_only": 1.93, "imma": 1.77, "opt_kappa": 69.73, "ours": 70.04}
@@ -235,4 +241,5 @@ def _heatmap(r, title, path):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
