@@ -120,3 +120,24 @@ def mean_std(values) -> tuple[float, float]:
 def fmt_pm(values, digits: int = 4) -> str:
   m, s = mean_std(values)
   return f"{m:.{digits}g} ± {s:.{digits}g}"
+
+
+def claim_workdir(workdir: pathlib.Path, config: dict, extra: dict | None = None) -> None:
+  """Records the run's config in ``workdir/config.json``, or checks it on resume.
+
+  Raises:
+    ValueError: if the workdir holds checkpoints of a run with a different config (resuming
+      them would restore arrays of the wrong shapes or mix two experiments).
+  """
+  workdir = pathlib.Path(workdir)
+  record = {"config": to_jsonable(config), **(extra or {})}
+  path = workdir / "config.json"
+  if path.exists() and (workdir / "checkpoints").exists():
+    old = json.loads(path.read_text()).get("config")
+    if old != record["config"]:
+      changed = sorted(k for k in set(old or {}) | set(record["config"])
+                       if (old or {}).get(k) != record["config"].get(k))
+      raise ValueError(
+          f"--workdir {workdir} holds a run with a different config (changed: {changed}); "
+          "use a fresh --workdir, or delete it to start over.")
+  write_json(path, record)

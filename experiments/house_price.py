@@ -62,6 +62,7 @@ def main(argv):
 
   cfg = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value)
+  common.claim_workdir(workdir, cfg.to_dict())
   data_dir = common.data_dir_from(_DATA_DIR.value, "IMMUJAX_HOUSE_DIR", "house_price")
   t_start = time.perf_counter()
   data = house_prices.load_house_prices(

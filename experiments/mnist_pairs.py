@@ -130,8 +130,8 @@ def main(argv):
   images, labels = load_images(cfg, mnist_dir, _TFDS_DIR.value)
   methods = tuple(cfg.methods)
   workdir.mkdir(parents=True, exist_ok=True)
-  common.write_json(workdir / "config.json", {"config": cfg.to_dict(), "mnist_dir": mnist_dir,
-                                              "tfds_data_dir": _TFDS_DIR.value})
+  common.claim_workdir(workdir, cfg.to_dict(), {"mnist_dir": mnist_dir,
+                                                 "tfds_data_dir": _TFDS_DIR.value})
 
   devices = jax.devices()[: _DEVICES.value] if _DEVICES.value else jax.devices()
   mesh = sweep.device_mesh(devices)

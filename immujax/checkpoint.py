@@ -45,9 +45,16 @@ class Checkpointer:
 
   def restore(self, step: int, like: Any) -> Any:
     """Restores step ``step`` into the structure, shapes and dtypes of ``like``."""
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype
-                                       if not hasattr(x, "dtype") else x.dtype), like)
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def spec(x):
+      # Restore onto `like`'s placement (e.g. a run saved on 2 devices resumed on 1, or the
+      # reverse), not the topology recorded in the checkpoint.
+      sharding = getattr(x, "sharding", None) or default
+      dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+      return jax.ShapeDtypeStruct(np.shape(x), dtype, sharding=sharding)
+
+    abstract = jax.tree.map(spec, like)
     restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return restored["state"]

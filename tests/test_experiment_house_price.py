@@ -45,3 +45,13 @@ def test_quick_run_writes_results_and_resume_after_kill_is_identical(tmp_path, h
   for m in res["methods"]:
     for key in ("rir", "ratio_h", "ratio_p", "dp_loss"):
       np.testing.assert_array_equal(resumed["methods"][m][key], res["methods"][m][key])
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+  from experiments import common
+  common.claim_workdir(tmp_path, {"steps": 10})
+  (tmp_path / "checkpoints").mkdir()
+  common.claim_workdir(tmp_path, {"steps": 10})  # same config: fine
+  import pytest
+  with pytest.raises(ValueError, match="different config.*steps"):
+    common.claim_workdir(tmp_path, {"steps": 20})
