@@ -64,10 +64,9 @@ def main():
   def loop_fn(state):
     outs = []
     for t in range(len(pairs)):
-      one = lambda a, t=t: a[t:t + 1]
-      outs.append(sweep.run_chunk(jax.tree.map(one, state), jax.tree.map(one, tasks),
-                                  jax.tree.map(one, runs.weights), steps=args.steps,
-                                  loss="bce"))
+      one = lambda tree, t=t: sweep.slice_tasks(tree, t, t + 1)
+      outs.append(sweep.run_chunk(one(state), one(tasks), one(runs.weights),
+                                  steps=args.steps, loss="bce"))
     return outs
 
   peak = matmul_peak()

@@ -413,8 +413,8 @@ def load_mnist_workdir(mnist_workdir, *, max_pairs: int, steps: int,
   tasks, state, index, pairs, mcfg = mnist_pairs.restore_runs(mnist_workdir)
   n = min(int(max_pairs), len(pairs))
   pairs = np.asarray(pairs)[:n]
-  tasks = jax.tree.map(lambda a: a[:n], tasks)
-  state = jax.tree.map(lambda a: a[:n], state)
+  tasks = sweep.slice_tasks(tasks, 0, n)
+  state = sweep.slice_tasks(state, 0, n)
   if harmful_fn is None:
     harmful_fn = functools.partial(_mnist_harmful, mnist_workdir)
   x_h, y_h = (np.asarray(a) for a in harmful_fn(mcfg, pairs))
@@ -430,7 +430,9 @@ def load_mnist_workdir(mnist_workdir, *, max_pairs: int, steps: int,
       name="mnist", source=f"{mnist_workdir} ({n} of the run's pairs)",
       tasks=[f"{p}→{h}" for p, h in pairs], thetas=np.asarray(state.params.theta),
       index=list(index), rir=np.asarray(ev.rir),
-      probes={"D_H": (x_h, y_h), "D_P": (np.asarray(tasks.x_p), np.asarray(tasks.y_p))},
+      probes={"D_H": (x_h, y_h), "D_P": (np.asarray(jax.vmap(immunize.supervised_inputs,
+                                                   in_axes=(sweep.task_axes(tasks),))(tasks)),
+                            np.asarray(tasks.y_p))},
       steps=steps)
 
 

@@ -41,7 +41,8 @@ class Task(NamedTuple):
   """A linear immunization problem; every field is an array, so tasks batch with vmap.
 
   Attributes:
-    x_p: inputs of the supervised pre-training task, ``(N_P, D_in)``.
+    x_p: inputs of the supervised pre-training task, ``(N_P, D_in)``; or, with ``rows``, a
+      pool ``(M, D_in)`` the task draws its inputs from (:func:`supervised_inputs`).
     y_p: its targets, ``(N_P,)`` (regression values or {0, 1} labels).
     k_p: covariance of D_P used by R_well and κ(H_P), ``(D_in, D_in)``.
     k_h: covariance of D_H used by R_ill and κ(H_H), ``(D_in, D_in)``.
@@ -49,6 +50,10 @@ class Task(NamedTuple):
     b_h: ``Xᵀy`` of the harmful task, ``(D_in,)``.
     c_h: ``yᵀy`` of the harmful task, scalar.
     n_h: number of harmful examples, scalar.
+    rows: optional ``(N_P,)`` int row indices: the supervised inputs are ``x_p[rows]``. A
+      batch of tasks may then share ONE pool ``x_p`` (2-D, not batched; see
+      ``sweep.task_axes``) — the 90 MNIST pairs draw from the same 10 digits, and per-pair
+      copies of full MNIST would take 6 GB.
   """
   x_p: Array
   y_p: Array
@@ -58,6 +63,7 @@ class Task(NamedTuple):
   b_h: Array
   c_h: Array
   n_h: Array
+  rows: Array | None = None
 
 
 def make_task(x_p, y_p, x_h, y_h, *, x_p_kappa=None, x_h_kappa=None) -> Task:
@@ -172,9 +178,22 @@ def bce_loss(logits: Array, targets: Array) -> Array:
 LOSSES: dict[str, Callable[[Array, Array], Array]] = {"mse": mse_loss, "bce": bce_loss}
 
 
+def supervised_inputs(task: Task) -> Array:
+  """The supervised D_P inputs ``X_P`` ``(N_P, D_in)`` (``x_p[rows]`` for a pooled task)."""
+  return task.x_p if task.rows is None else task.x_p[task.rows]
+
+
 def supervised_loss(theta: Array, omega: Array, task: Task, loss: str) -> Array:
-  """``L(D_P, ω, θ)`` with logits ``X_P θ ω``."""
-  return LOSSES[loss](task.x_p @ (theta @ omega), task.y_p)
+  """``L(D_P, ω, θ)`` with logits ``X_P θ ω``.
+
+  A pooled task computes the logits of the whole pool and picks its rows: under ``vmap``
+  with a shared pool that is one ``(M, D) × (D, runs)`` product, and no per-task copy of
+  the inputs is ever formed.
+  """
+  logits = task.x_p @ (theta @ omega)
+  if task.rows is not None:
+    logits = logits[task.rows]
+  return LOSSES[loss](logits, task.y_p)
 
 
 # --- one step ---------------------------------------------------------------------------------

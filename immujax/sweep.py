@@ -5,6 +5,10 @@ prices); states and weights carry ``(T, R)`` with ``R = len(methods) · seeds`` 
 The program is ``jit(vmap_T(vmap_R(run_steps)))`` — each task's matrices are stored once and
 broadcast over its runs. With a device mesh the ``T`` axis is sharded over devices
 (``jax.sharding.NamedSharding``); ``T`` is padded to a multiple of the device count.
+
+Pooled tasks (``Task.rows`` given, ``x_p`` 2-D) share one input pool across the batch: the
+pool has no ``T`` axis, is broadcast by ``vmap`` (:func:`task_axes`) and replicated on every
+device, while everything else is batched and sharded.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ class Runs(NamedTuple):
 def run_index(methods: Sequence[str], seeds: int) -> list[tuple[str, int]]:
   """The (method, seed) of each of the ``R`` runs of a task, in batch order."""
   return [(m, s) for m in methods for s in range(seeds)]
+
+
+def task_axes(tasks: immunize.Task) -> immunize.Task:
+  """``vmap`` axes of a batch of tasks: 0 for every field, ``None`` for a shared pool.
+
+  A batch shares its pool when ``rows`` is given and ``x_p`` is 2-D ``(M, D_in)`` (one
+  pool) rather than 3-D ``(T, M, D_in)`` (one pool per task).
+  """
+  shared = tasks.rows is not None and tasks.x_p.ndim == 2
+  axes = {f: 0 for f in immunize.Task._fields}
+  axes.update(x_p=None if shared else 0, rows=None if tasks.rows is None else 0)
+  return immunize.Task(**axes)
 
 
 def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: int, *,
@@ -86,7 +102,7 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     flat = lambda a: jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:])
     return jax.tree.map(flat, states), jax.tree.map(flat, ws)
 
-  states, ws = jax.jit(jax.vmap(one_task))(tasks)
+  states, ws = jax.jit(jax.vmap(one_task, in_axes=(task_axes(tasks),)))(tasks)
   return Runs(states, ws)
 
 
@@ -96,19 +112,42 @@ def device_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), ("tasks",))
 
 
+def _map_batched(fn, tree):
+  # fn(leaf, axis) over a task batch (axis None for a shared pool) or any axis-0 batch.
+  if not isinstance(tree, immunize.Task):
+    return jax.tree.map(lambda a: fn(a, 0), tree)
+  return jax.tree.map(lambda ax, a: None if a is None else fn(a, ax), task_axes(tree), tree,
+                      is_leaf=lambda x: x is None)
+
+
+def slice_tasks(tree, start: int, stop: int):
+  """Tasks ``start:stop`` of a batch (a shared pool is kept whole)."""
+  return _map_batched(lambda a, ax: a if ax is None else a[start:stop], tree)
+
+
 def pad_tasks(tree, multiple: int):
-  """Pads the leading (task) axis to a multiple of ``multiple`` by repeating the last task."""
-  t = jax.tree.leaves(tree)[0].shape[0]
+  """Pads the leading (task) axis to a multiple of ``multiple`` by repeating the last task.
+
+  A shared pool (see :func:`task_axes`) has no task axis and is left as it is.
+  """
+  t = (tree.k_p if isinstance(tree, immunize.Task) else jax.tree.leaves(tree)[0]).shape[0]
   pad = (-t) % multiple
   if pad == 0:
     return tree
-  return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), tree)
+  return _map_batched(
+      lambda a, ax: a if ax is None else jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]),
+      tree)
 
 
 def shard_tasks(tree, mesh: Mesh):
-  """Places a pytree with a leading task axis on ``mesh``, split along that axis."""
-  sharding = NamedSharding(mesh, PartitionSpec("tasks"))
-  return jax.device_put(tree, sharding)
+  """Places a pytree with a leading task axis on ``mesh``, split along that axis.
+
+  A shared pool (see :func:`task_axes`) is replicated on every device.
+  """
+  split = NamedSharding(mesh, PartitionSpec("tasks"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return _map_batched(
+      lambda a, ax: jax.device_put(a, replicated if ax is None else split), tree)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol"))
@@ -124,7 +163,7 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
                                   imma_steps=imma_steps, rtol=rtol)
     return s, jax.tree.map(lambda a: a[-1], terms)
   per_task = jax.vmap(per_run, in_axes=(0, None, 0))
-  return jax.vmap(per_task)(state, tasks, weights)
+  return jax.vmap(per_task, in_axes=(0, task_axes(tasks), 0))(state, tasks, weights)
 
 
 class Evaluation(NamedTuple):
@@ -155,4 +194,5 @@ def evaluate(state: immunize.State, tasks: immunize.Task, *, loss: str = "mse",
     r = metrics.RIR(*(jnp.where(finite, v, jnp.nan) for v in r))
     dp = immunize.supervised_loss(theta, params.omega, task, loss)
     return Evaluation(r.rir, r.ratio_h, r.ratio_p, dp, finite)
-  return jax.vmap(jax.vmap(per_run, in_axes=(0, None)))(state.params, tasks)
+  return jax.vmap(jax.vmap(per_run, in_axes=(0, None)), in_axes=(0, task_axes(tasks)))(
+      state.params, tasks)

@@ -113,6 +113,34 @@ def test_sweep_all_methods_jit_vmap_finite_and_compiles_once():
   _close(runs.state.params.theta[0, 0], runs.state.params.theta[0, 2])
 
 
+def test_pooled_tasks_match_per_task_copies_padded_and_sharded():
+  # Two tasks drawing supervised rows from ONE shared pool behave exactly like the same
+  # tasks holding their own copies; the pool is neither padded nor split over devices.
+  rng = np.random.default_rng(8)
+  pool = rng.normal(size=(30, 4))
+  rows = np.stack([rng.choice(30, 12, replace=False) for _ in range(2)])
+  copies = [im.make_task(pool[r], rng.normal(size=12), rng.normal(size=(20, 4)),
+                         rng.normal(size=20)) for r in rows]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *copies)
+  pooled = stacked._replace(x_p=jnp.asarray(pool), rows=jnp.asarray(rows))
+  assert sweep.task_axes(pooled).x_p is None and sweep.task_axes(stacked).x_p == 0
+  finals = []
+  for tasks in (stacked, pooled):
+    runs = sweep.init_runs(jax.random.key(2), tasks, ("ours", "imma"), 1, learning_rate=0.01,
+                           step_scale=0.2)
+    state, _ = sweep.run_chunk(runs.state, tasks, runs.weights, steps=3, loss="bce")
+    finals.append(state.params.theta)
+    ev = sweep.evaluate(state, tasks, loss="bce")
+  _close(finals[1], finals[0], rtol=1e-10)
+  padded = sweep.pad_tasks(pooled, 3)
+  assert padded.x_p.shape == (30, 4) and padded.rows.shape == (3, 12)
+  assert padded.k_p.shape == (3, 4, 4)
+  assert sweep.slice_tasks(padded, 1, 2).rows.shape == (1, 12)
+  mesh = sweep.device_mesh(jax.devices()[:1])
+  assert sweep.shard_tasks(pooled, mesh).x_p.sharding.is_fully_replicated
+  assert ev.rir.shape == (2, 2)
+
+
 def test_ours_raises_rir_on_a_toy_problem():
   # D_P and D_H stretch opposite input directions: immunization is possible (Prop. 3.2).
   rng = np.random.default_rng(6)

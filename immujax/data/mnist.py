@@ -346,36 +346,65 @@ def _is_jax(*xs: Any) -> bool:
   return any(isinstance(x, jax.Array) for x in xs)
 
 
-def _task(subsets, positive, excluded, kind: str, authors_label: float):
-  """Builds ``positive`` (label 1) vs the 8 other digits except ``excluded`` (label 0)."""
+def _check_digits(positive, excluded) -> None:
+  for name, v in (("p", positive), ("h", excluded)):
+    if not (np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.integer)
+            and 0 <= int(v) < NUM_CLASSES):
+      raise ValueError(f"{name} must be an integer digit in 0..9, got {v!r}.")
+  if int(positive) == int(excluded):
+    raise ValueError(f"p and h must differ, got p = h = {int(positive)}.")
+
+
+def _rows(n: int, positive, excluded, kind: str, authors_label: float, dtype):
+  """Rows of the flattened ``(10·n, d)`` pool and labels: ``positive`` (label 1) vs n
+  images of the 8 other digits except ``excluded`` (label 0), or the authors' one class."""
   if kind not in TASK_KINDS:
     raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}.")
-  if np.ndim(subsets) != 3 or np.shape(subsets)[0] != NUM_CLASSES:
-    raise ValueError(
-        f"subsets must have shape (10, n, d) (from digit_subsets), got {np.shape(subsets)}.")
-  xp = jnp if _is_jax(subsets, positive, excluded) else np
+  xp = jnp if _is_jax(positive, excluded) else np
   if xp is np:
-    for name, v in (("p", positive), ("h", excluded)):
-      if not (np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.integer)
-              and 0 <= int(v) < NUM_CLASSES):
-        raise ValueError(f"{name} must be an integer digit in 0..9, got {v!r}.")
-    if int(positive) == int(excluded):
-      raise ValueError(f"p and h must differ, got p = h = {int(positive)}.")
-    subsets = np.asarray(subsets)
-  else:
-    subsets = jnp.asarray(subsets)
-  n = subsets.shape[1]
-  pos = xp.take(subsets, positive, axis=0)
+    _check_digits(positive, excluded)
+  pos = positive * n + xp.arange(n)
   if kind == "authors":
-    return pos, xp.full((n,), authors_label, dtype=subsets.dtype)
+    return pos, xp.full((n,), authors_label, dtype=dtype)
   digits = xp.arange(NUM_CLASSES)
   keep = (digits != positive) & (digits != excluded)
   others = xp.argsort(~keep, stable=True)[:NUM_CLASSES - 2]
   k = xp.arange(n)
-  neg = subsets[others[k % (NUM_CLASSES - 2)], k // (NUM_CLASSES - 2)]
-  x = xp.concatenate([pos, neg], axis=0)
-  y = xp.concatenate([xp.ones((n,), subsets.dtype), xp.zeros((n,), subsets.dtype)])
-  return x, y
+  neg = others[k % (NUM_CLASSES - 2)] * n + k // (NUM_CLASSES - 2)
+  rows = xp.concatenate([pos, neg])
+  y = xp.concatenate([xp.ones((n,), dtype), xp.zeros((n,), dtype)])
+  return rows, y
+
+
+def pretraining_rows(n: int, p, h, *, kind: str = "one_vs_rest", dtype=np.float64):
+  """Row indices and labels of :func:`pretraining_task` in the flattened pool.
+
+  With ``pool = subsets.reshape(10 * n, d)``, ``pretraining_task(subsets, p, h)`` is
+  ``(pool[rows], y)``. Many pairs can thus share one pool (``immunize.Task.rows``) instead
+  of each holding a copy of its inputs. ``p`` and ``h`` may be traced.
+
+  Returns:
+    ``(rows, y)``: int rows ``(2n,)`` (``(n,)`` for ``"authors"``) and labels in {0, 1}.
+  """
+  return _rows(n, p, h, kind, 0.0, dtype)
+
+
+def harmful_rows(n: int, p, h, *, kind: str = "one_vs_rest", dtype=np.float64):
+  """Row indices and labels of :func:`harmful_task` in the flattened pool (see
+  :func:`pretraining_rows`)."""
+  return _rows(n, h, p, kind, 1.0, dtype)
+
+
+def _task(subsets, positive, excluded, kind: str, authors_label: float):
+  """``(pool[rows], y)`` for :func:`_rows`."""
+  if np.ndim(subsets) != 3 or np.shape(subsets)[0] != NUM_CLASSES:
+    raise ValueError(
+        f"subsets must have shape (10, n, d) (from digit_subsets), got {np.shape(subsets)}.")
+  xp = jnp if _is_jax(subsets, positive, excluded) else np
+  subsets = xp.asarray(subsets)
+  n, d = subsets.shape[1], subsets.shape[2]
+  rows, y = _rows(n, positive, excluded, kind, authors_label, subsets.dtype)
+  return subsets.reshape(NUM_CLASSES * n, d)[rows], y
 
 
 def pretraining_task(subsets, p, h, *, kind: str = "one_vs_rest"):
