@@ -54,6 +54,11 @@ class Task(NamedTuple):
       batch of tasks may then share ONE pool ``x_p`` (2-D, not batched; see
       ``sweep.task_axes``) — the 90 MNIST pairs draw from the same 10 digits, and per-pair
       copies of full MNIST would take 6 GB.
+    root_p, root_h: optional ``(r, D_in)`` roots with ``rootᵀroot = k`` on K's range
+      (``spectral.covariance_root``, both with the same ``r``). Given, the probe Hessians are
+      formed as ``(Rθ)ᵀ(Rθ)`` and decomposed through the ``r × r`` Gram
+      (``spectral.gram_extremes``): the same spectra for (r/D)³ of the eigendecomposition
+      cost. ``k_p``/``k_h`` stay the reference (κ(K) in metrics).
   """
   x_p: Array
   y_p: Array
@@ -64,6 +69,8 @@ class Task(NamedTuple):
   c_h: Array
   n_h: Array
   rows: Array | None = None
+  root_p: Array | None = None
+  root_h: Array | None = None
 
 
 def make_task(x_p, y_p, x_h, y_h, *, x_p_kappa=None, x_h_kappa=None) -> Task:
@@ -214,7 +221,8 @@ class Params(NamedTuple):
 
 
 def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse",
-              imma_steps: int = 5, rtol: float | None = None) -> tuple[Params, Terms]:
+              imma_steps: int = 5, rtol: float | None = None,
+              preconditioned_only: bool = False) -> tuple[Params, Terms]:
   """The update direction of Alg. 1 (and the baselines) at ``params``.
 
   Returns ``(d, terms)`` where ``d`` is what gradient descent subtracts (times η):
@@ -229,6 +237,9 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
     loss: supervised loss name, ``"mse"`` or ``"bce"`` (static).
     imma_steps: IMMA's inner attacker steps (static).
     rtol: relative "non-zero" tolerance for rank and σ_min (static).
+    preconditioned_only: static promise that every spectral term is preconditioned
+      (``weights.precondition == 1``, e.g. a batch of Ours runs only): the plain-gradient
+      products ``Kθ G`` are then not formed (a third fewer matmuls with roots).
 
   Returns:
     ``(Params of directions, Terms of values)``.
@@ -253,10 +264,14 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
   lam_ill = weights.r_ill * (ada * ratio + (1.0 - ada))
   g_p = lam_well * well.grad + weights.log_kappa_p * lk_p.grad
   g_h = lam_ill * ill.grad - weights.log_kappa_h * lk_h.grad
-  pre = weights.precondition
-  m_p = pre * theta + (1.0 - pre) * kp_theta
-  m_h = pre * theta + (1.0 - pre) * kh_theta
-  d_theta = weights.supervised * g_theta + 2.0 * (m_p @ g_p + m_h @ g_h)
+  if preconditioned_only:
+    d_spectral = theta @ (g_p + g_h)
+  else:
+    pre = weights.precondition
+    m_p = pre * theta + (1.0 - pre) * kp_theta
+    m_h = pre * theta + (1.0 - pre) * kh_theta
+    d_spectral = m_p @ g_p + m_h @ g_h
+  d_theta = weights.supervised * g_theta + 2.0 * d_spectral
   if imma_steps > 0:  # static: batches without IMMA skip its unrolled attacker entirely
     imma_loss, g_imma = jax.value_and_grad(baselines.imma_harmful_loss)(
         theta, task.q_h, task.b_h, task.c_h, task.n_h, steps=imma_steps)
@@ -269,13 +284,24 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
 
 
 def _hessians_and_extremes(theta, task, rtol):
-  kp_theta, kh_theta = task.k_p @ theta, task.k_h @ theta
-  h_p = _sym(theta.T @ kp_theta)
-  h_h = _sym(theta.T @ kh_theta)
-  # ONE batched eigendecomposition of both Hessians. Besides halving dispatch overhead, this
-  # avoids two concurrent LAPACK custom calls, which deadlocked XLA:CPU's small intra-op
-  # thread pool on this 2-core machine (jaxlib 0.10.2; see BUILD_NOTES.md).
-  e = jax.vmap(functools.partial(spectral.extremes, rtol=rtol))(jnp.stack([h_p, h_h]))
+  """``(Kθ for P and H, H_P, H_H, Extremes of both)`` — ONE batched eigendecomposition.
+
+  Besides halving dispatch overhead, stacking both Hessians avoids two concurrent LAPACK
+  custom calls, which deadlocked XLA:CPU's small intra-op thread pool on this 2-core machine
+  (jaxlib 0.10.2; see BUILD_NOTES.md). With roots (``Task.root_p``) the eigendecomposition is
+  of the ``r × r`` Grams; ``Kθ = Rᵀ(Rθ)`` is then formed only if a caller uses it (XLA drops
+  it otherwise, e.g. for ``preconditioned_only`` steps).
+  """
+  if task.root_p is None:
+    kp_theta, kh_theta = task.k_p @ theta, task.k_h @ theta
+    h_p = _sym(theta.T @ kp_theta)
+    h_h = _sym(theta.T @ kh_theta)
+    e = jax.vmap(functools.partial(spectral.extremes, rtol=rtol))(jnp.stack([h_p, h_h]))
+  else:
+    b_p, b_h = task.root_p @ theta, task.root_h @ theta
+    h_p, h_h = _sym(b_p.T @ b_p), _sym(b_h.T @ b_h)
+    kp_theta, kh_theta = task.root_p.T @ b_p, task.root_h.T @ b_h
+    e = jax.vmap(functools.partial(spectral.gram_extremes, rtol=rtol))(jnp.stack([b_p, b_h]))
   e_p = jax.tree.map(lambda a: a[0], e)
   e_h = jax.tree.map(lambda a: a[1], e)
   return kp_theta, kh_theta, h_p, h_h, e_p, e_h
@@ -358,11 +384,12 @@ def direction_norm(params: Params, task: Task, weights: Weights, **kwargs) -> Ar
   return optax.global_norm(d)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol", "optimizer"))
+@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol", "optimizer",
+                                             "preconditioned_only"))
 def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: str = "mse",
               imma_steps: int = 5, rtol: float | None = None,
-              optimizer: Callable[..., optax.GradientTransformation] = sgd
-              ) -> tuple[State, Terms]:
+              optimizer: Callable[..., optax.GradientTransformation] = sgd,
+              preconditioned_only: bool = False) -> tuple[State, Terms]:
   """Runs ``steps`` iterations of Alg. 1 with ``lax.scan`` (one compiled chunk).
 
   The optimizer's hyperparameters live in ``state.opt_state`` (see :func:`sgd`), so this
@@ -375,7 +402,7 @@ def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: s
 
   def body(state, _):
     d, terms = direction(state.params, task, weights, loss=loss, imma_steps=imma_steps,
-                         rtol=rtol)
+                         rtol=rtol, preconditioned_only=preconditioned_only)
     updates, opt_state = tx.update(d, state.opt_state, state.params)
     params = jax.tree.map(_flush_subnormal, optax.apply_updates(state.params, updates))
     return State(params, opt_state, state.step + 1), terms

@@ -150,17 +150,22 @@ def shard_tasks(tree, mesh: Mesh):
       lambda a, ax: jax.device_put(a, replicated if ax is None else split), tree)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol"))
+@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol",
+                                             "preconditioned_only"))
 def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Weights, *,
-              steps: int, loss: str = "mse", imma_steps: int = 5, rtol: float | None = None
-              ) -> tuple[immunize.State, immunize.Terms]:
+              steps: int, loss: str = "mse", imma_steps: int = 5, rtol: float | None = None,
+              preconditioned_only: bool = False) -> tuple[immunize.State, immunize.Terms]:
   """``steps`` steps of every run: ``vmap_T(vmap_R(immunize.run_steps))``.
+
+  ``preconditioned_only`` (static) promises that every run's spectral terms are
+  preconditioned (a batch of Ours runs), see ``immunize.direction``.
 
   Returns the new state and the last step's :class:`immunize.Terms`, shape ``(T, R)``.
   """
   def per_run(s, task, w):
     s, terms = immunize.run_steps(s, task, w, steps=steps, loss=loss,
-                                  imma_steps=imma_steps, rtol=rtol)
+                                  imma_steps=imma_steps, rtol=rtol,
+                                  preconditioned_only=preconditioned_only)
     return s, jax.tree.map(lambda a: a[-1], terms)
   per_task = jax.vmap(per_run, in_axes=(0, None, 0))
   return jax.vmap(per_task, in_axes=(0, task_axes(tasks), 0))(state, tasks, weights)
@@ -178,21 +183,47 @@ class Evaluation(NamedTuple):
 @functools.partial(jax.jit, static_argnames=("loss", "kappa"))
 def evaluate(state: immunize.State, tasks: immunize.Task, *, loss: str = "mse",
              kappa: str = "pinv") -> Evaluation:
-  """RIR (Eq. 15, against the identity) and the D_P loss of every run."""
-  def per_run(params, task):
-    theta = params.theta
-    finite = jnp.all(jnp.isfinite(theta)) & jnp.all(jnp.isfinite(params.omega))
-    safe = jnp.where(finite, theta, jnp.eye(*theta.shape, dtype=theta.dtype))
-    h = jnp.stack([spectral.hessian(safe, task.k_p), spectral.hessian(safe, task.k_h),
-                   task.k_p, task.k_h])
-    # One batched eigendecomposition (concurrent eigh calls can deadlock XLA:CPU).
-    log_kappa = (spectral.log_condition_number if kappa == "pinv"
-                 else spectral.log_condition_number_authors)
-    lk = jax.vmap(log_kappa)(h)
-    log_h, log_p = lk[1] - lk[3], lk[0] - lk[2]
-    r = metrics.RIR(jnp.exp(log_h), jnp.exp(log_p), jnp.exp(log_h - log_p))
-    r = metrics.RIR(*(jnp.where(finite, v, jnp.nan) for v in r))
-    dp = immunize.supervised_loss(theta, params.omega, task, loss)
-    return Evaluation(r.rir, r.ratio_h, r.ratio_p, dp, finite)
-  return jax.vmap(jax.vmap(per_run, in_axes=(0, None)), in_axes=(0, task_axes(tasks)))(
-      state.params, tasks)
+  """RIR (Eq. 15, against the identity) and the D_P loss of every run.
+
+  κ(K_P), κ(K_H) are computed once per task; with roots (``Task.root_p``) every κ comes from
+  the small Grams (``spectral.gram_extremes``), the same non-zero spectra.
+  """
+  def per_task(params, task):
+    lk_p0, lk_h0 = _log_kappas(None, task, kappa)
+
+    def per_run(params):
+      theta = params.theta
+      finite = jnp.all(jnp.isfinite(theta)) & jnp.all(jnp.isfinite(params.omega))
+      safe = jnp.where(finite, theta, jnp.eye(*theta.shape, dtype=theta.dtype))
+      lk_p, lk_h = _log_kappas(safe, task, kappa)
+      log_h, log_p = lk_h - lk_h0, lk_p - lk_p0
+      r = metrics.RIR(jnp.exp(log_h), jnp.exp(log_p), jnp.exp(log_h - log_p))
+      r = metrics.RIR(*(jnp.where(finite, v, jnp.nan) for v in r))
+      dp = immunize.supervised_loss(theta, params.omega, task, loss)
+      return Evaluation(r.rir, r.ratio_h, r.ratio_p, dp, finite)
+
+    return jax.vmap(per_run)(params)
+
+  return jax.vmap(per_task, in_axes=(0, task_axes(tasks)))(state.params, tasks)
+
+
+def _log_kappas(theta, task, kappa):
+  """``(log κ(θᵀK_Pθ), log κ(θᵀK_Hθ))``; ``theta=None`` gives ``log κ(K_P), log κ(K_H)``.
+
+  One batched eigendecomposition of both matrices (concurrent eigh calls can deadlock
+  XLA:CPU, see ``spectral._eigh``).
+  """
+  if kappa == "pinv" and task.root_p is not None:
+    roots = jnp.stack([task.root_p, task.root_h])
+    b = roots if theta is None else roots @ theta
+    e = jax.vmap(spectral.gram_extremes)(b)
+    positive = e.sigma_min > 0
+    lk = jnp.where(positive, jnp.log(jnp.where(positive, e.sigma_max, 1.0))
+                   - jnp.log(jnp.where(positive, e.sigma_min, 1.0)), 0.0)
+    return lk[0], lk[1]
+  ks = jnp.stack([task.k_p, task.k_h])
+  h = ks if theta is None else jax.vmap(spectral.hessian, in_axes=(None, 0))(theta, ks)
+  log_kappa = (spectral.log_condition_number if kappa == "pinv"
+               else spectral.log_condition_number_authors)
+  lk = jax.vmap(log_kappa)(h)
+  return lk[0], lk[1]

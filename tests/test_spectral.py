@@ -118,3 +118,27 @@ def test_bad_input_raises_value_error_naming_argument(bad, match):
 def test_hessian_rejects_torch_layout():
   with pytest.raises(ValueError, match="theta"):
     ij.hessian(np.ones((3, 5)), np.eye(5))
+
+
+@pytest.mark.parametrize("rank", [8, 5])
+def test_covariance_root_and_gram_extremes_equal_the_full_decomposition(rank):
+  # RᵀR = K on K's range, and the extremes of (Rθ)ᵀ(Rθ) read from the small Gram (Rθ)(Rθ)ᵀ
+  # equal those of the full D×D Hessian: values, rank, Frobenius, eigenvectors (up to sign).
+  rng = np.random.default_rng(rank)
+  k = random_psd(rng, 8, rank=rank)
+  root = spectral.covariance_root(k)
+  assert root.shape == (rank, 8)
+  np.testing.assert_allclose(root.T @ root, k, atol=1e-12)
+  padded = spectral.covariance_root(k, rows=10)
+  assert padded.shape == (10, 8) and not np.any(padded[rank:])
+  theta = rng.normal(size=(8, 8))
+  full = spectral.extremes(spectral.hessian(theta, k))
+  for r in (root, padded):
+    small = jax.jit(spectral.gram_extremes)(r @ theta)
+    assert int(small.rank) == int(full.rank) == rank
+    for f in ("sigma_max", "sigma_min", "lambda_max", "lambda_min", "frobenius_sq"):
+      np.testing.assert_allclose(getattr(small, f), getattr(full, f), rtol=1e-9)
+    for f in ("v_max", "v_min"):
+      np.testing.assert_allclose(np.abs(getattr(small, f) @ getattr(full, f)), 1.0, rtol=1e-9)
+  with pytest.raises(ValueError, match="rows"):
+    spectral.covariance_root(k, rows=rank - 1)

@@ -37,6 +37,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.init = "orthogonal"
   c.precondition_baselines = False
   c.kappa = "pinv"
+  c.roots = True             # eigendecompose rank×rank Grams instead of D×D (same spectra)
   if variant in ("paper", "paper_ours"):
     c.source = "idx"
     c.pool = 1
