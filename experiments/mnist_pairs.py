@@ -79,8 +79,8 @@ def build_tasks(cfg, images, labels, seed: int = 0):
   copies. K_P and K_H are the per-digit ``XᵀX`` (as the authors); with ``cfg.roots`` each
   also gets its range root (``spectral.covariance_root``, padded to the largest digit rank)
   so that every eigendecomposition is of size rank ≤ D. The harmful task enters only
-  through its sufficient statistics (IMMA), built pair by pair (``lax.map``) so no per-pair
-  inputs are ever held at once.
+  through its sufficient statistics (IMMA), computed from per-digit Grams
+  (``mnist.harmful_statistics``) without forming any pair's inputs.
   """
   pairs = (np.asarray(cfg.pairs, np.int32) if len(cfg.pairs)
            else mnist.ordered_pairs())
@@ -91,36 +91,29 @@ def build_tasks(cfg, images, labels, seed: int = 0):
   if cfg.get("roots", True):
     rank = max(int(spectral.numerical_rank(g)) for g in grams)
     roots = jax.jit(jax.vmap(functools.partial(spectral.covariance_root, rows=rank)))(grams)
+  return _pooled_tasks(subsets, grams, roots, jnp.asarray(pairs), kind=cfg.task), pairs
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _pooled_tasks(subsets, grams, roots, pairs, *, kind) -> immunize.Task:
   n, d = subsets.shape[1], subsets.shape[2]
-  tasks = _pooled_tasks(subsets.reshape(-1, d), grams, roots, jnp.asarray(pairs), n=n,
-                        kind=cfg.task)
-  return tasks, pairs
-
-
-@functools.partial(jax.jit, static_argnames=("n", "kind"))
-def _pooled_tasks(pool, grams, roots, pairs, *, n, kind) -> immunize.Task:
-  def one(pair):
-    p, h = pair[0], pair[1]
-    rows_p, y_p = mnist.pretraining_rows(n, p, h, kind=kind, dtype=pool.dtype)
-    rows_h, y_h = mnist.harmful_rows(n, p, h, kind=kind, dtype=pool.dtype)
-    x_h = pool[rows_h]
-    return rows_p, y_p, x_h.T @ x_h, x_h.T @ y_h, y_h @ y_h
-
-  rows_p, y_p, q_h, b_h, c_h = jax.lax.map(one, pairs)
+  rows_p, y_p = jax.vmap(lambda pair: mnist.pretraining_rows(
+      n, pair[0], pair[1], kind=kind, dtype=subsets.dtype))(pairs)
+  q_h, b_h, c_h, n_h = mnist.harmful_statistics(subsets, pairs, kind=kind, grams=grams)
   p, h = pairs[:, 0], pairs[:, 1]
-  n_h = jnp.full((pairs.shape[0],), n if kind == "authors" else 2 * n, pool.dtype)
   return immunize.Task(
-      x_p=pool, y_p=y_p, k_p=grams[p], k_h=grams[h], q_h=q_h, b_h=b_h, c_h=c_h, n_h=n_h,
-      rows=rows_p, root_p=None if roots is None else roots[p],
+      x_p=subsets.reshape(-1, d), y_p=y_p, k_p=grams[p], k_h=grams[h], q_h=q_h, b_h=b_h,
+      c_h=c_h, n_h=n_h, rows=rows_p, root_p=None if roots is None else roots[p],
       root_h=None if roots is None else roots[h])
 
 
 def _runs(cfg, tasks):
   return sweep.init_runs(jax.random.key(0), tasks, tuple(cfg.methods), cfg.seeds,
                          learning_rate=cfg.learning_rate, step_scale=cfg.step_scale,
-                         clip_factor=cfg.clip_factor, imma_steps=cfg.imma_steps,
+                         clip_factor=cfg.clip_factor,
+                         imma_steps=cfg.imma_steps if "imma" in cfg.methods else 0,
                          init=cfg.init, precondition_baselines=cfg.precondition_baselines,
-                         adaptive=cfg.adaptive)
+                         adaptive=cfg.adaptive, harmful_scale=cfg.get("harmful_scale", 1.0))
 
 
 def restore_runs(workdir):

@@ -411,7 +411,8 @@ def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: s
 
 
 def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
-                     step_scale: float, imma_steps: int = 5) -> dict[str, Array]:
+                     step_scale: float, imma_steps: int = 5,
+                     harmful_scale: float = 1.0) -> dict[str, Array]:
   """Regularizer weights "balanced by gradient norm" (paper, Sec. 6), made concrete.
 
   λ_P is set so the R_well step is a fixed fraction of its stability limit
@@ -419,13 +420,17 @@ def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
   term's weight so that its (preconditioned) direction at θ0 has the same Frobenius norm as
   λ_P's R_well direction — preconditioned for Ours' R_ill (``r_ill``), plain gradient for
   the baselines (``r_ill_plain``, ``log_kappa_*``, ``imma``). Computed once, at θ0.
+  ``harmful_scale`` then multiplies every harmful-side weight (``r_ill``, ``r_ill_plain``,
+  ``log_kappa_h``, ``imma``): their directions start at that multiple of R_well's norm.
 
   Args:
     params0: initial parameters.
     task: the :class:`Task`.
     learning_rate: η.
     step_scale: the R_well step as a fraction of its stability limit.
-    imma_steps: IMMA's inner steps.
+    imma_steps: IMMA's inner steps; 0 (static) skips IMMA, whose weight is then 0.
+    harmful_scale: weight of the harmful-side terms relative to the balanced ones (1 =
+      equal norms, the paper's "balancing"; the paper's own λ values are unknown).
 
   Returns:
     Dict with keys ``r_well, r_ill, r_ill_plain, log_kappa_p, log_kappa_h, imma``.
@@ -436,15 +441,20 @@ def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
   norm = lambda m, g: jnp.linalg.norm(2.0 * m @ g)
   target = lam_p * norm(theta, regularizers.r_well_value_and_grad(h_p, e_p).grad)
   g_ill = regularizers.r_ill_value_and_grad(h_h, e_h).grad
-  g_imma = jax.grad(baselines.imma_harmful_loss)(
-      theta, task.q_h, task.b_h, task.c_h, task.n_h, steps=imma_steps)
+  if imma_steps > 0:
+    g_imma = jax.grad(baselines.imma_harmful_loss)(
+        theta, task.q_h, task.b_h, task.c_h, task.n_h, steps=imma_steps)
+    imma = harmful_scale * target / jnp.linalg.norm(g_imma)
+  else:  # no IMMA runs in this batch (static): skip its unrolled attacker
+    imma = jnp.zeros_like(target)
   return dict(
       r_well=lam_p,
-      r_ill=target / norm(theta, g_ill),
-      r_ill_plain=target / norm(kh_theta, g_ill),
+      r_ill=harmful_scale * target / norm(theta, g_ill),
+      r_ill_plain=harmful_scale * target / norm(kh_theta, g_ill),
       log_kappa_p=target / norm(kp_theta, baselines.log_kappa_value_and_grad(h_p, e_p).grad),
-      log_kappa_h=target / norm(kh_theta, baselines.log_kappa_value_and_grad(h_h, e_h).grad),
-      imma=target / jnp.linalg.norm(g_imma),
+      log_kappa_h=harmful_scale * target / norm(
+          kh_theta, baselines.log_kappa_value_and_grad(h_h, e_h).grad),
+      imma=imma,
   )
 
 

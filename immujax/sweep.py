@@ -54,7 +54,8 @@ def task_axes(tasks: immunize.Task) -> immunize.Task:
 def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: int, *,
               learning_rate: float, step_scale: float, clip_factor: float = 1.0,
               imma_steps: int = 5, init: str = "orthogonal",
-              precondition_baselines: bool = False, adaptive: bool = False) -> Runs:
+              precondition_baselines: bool = False, adaptive: bool = False,
+              harmful_scale: float = 1.0) -> Runs:
   """Initial states and balanced weights for every (task, method, seed).
 
   Seed ``s`` uses the same θ0 for every task and method (common random numbers), so methods
@@ -73,6 +74,8 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     init: θ0 initialisation (``immunize.init_params``).
     precondition_baselines: ablation flag (``immunize.balanced_method_weights``).
     adaptive: Ours re-balances its λ's at every step (``immunize.Weights``).
+    harmful_scale: multiplies every harmful-side weight after balancing
+      (``immunize.balanced_weights``).
 
   Returns:
     :class:`Runs` with leading axes ``(T, R)``.
@@ -80,6 +83,8 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
   for m in methods:
     if m not in immunize.METHODS:
       raise ValueError(f"unknown method {m!r} in `methods`; choose from {immunize.METHODS}.")
+  if "imma" in methods and imma_steps <= 0:
+    raise ValueError(f"`imma_steps`={imma_steps}: IMMA needs at least one inner attacker step.")
   d_in = tasks.k_p.shape[-1]
   keys = jax.random.split(key, seeds)
 
@@ -87,7 +92,8 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     def one_seed(k):
       params0 = immunize.init_params(k, d_in, init=init)
       bal = immunize.balanced_weights(params0, task, learning_rate=learning_rate,
-                                      step_scale=step_scale, imma_steps=imma_steps)
+                                      step_scale=step_scale, imma_steps=imma_steps,
+                                      harmful_scale=harmful_scale)
       ws = [immunize.balanced_method_weights(
           m, bal, precondition_baselines=precondition_baselines, adaptive=adaptive,
           learning_rate=learning_rate, step_scale=step_scale) for m in methods]

@@ -81,6 +81,13 @@ def test_build_tasks_batches_all_90_pairs():
   x_h, y_h = mnist.harmful_task(subsets, p, h)
   np.testing.assert_array_equal(np.asarray(tasks.x_p)[tasks.rows[17]], x_p)
   np.testing.assert_array_equal(tasks.y_p[17], y_p)
-  np.testing.assert_allclose(tasks.q_h[17], x_h.T @ x_h, rtol=1e-12)
-  np.testing.assert_allclose(tasks.b_h[17], x_h.T @ y_h, rtol=1e-12)
-  assert float(tasks.n_h[17]) == len(y_h) and float(tasks.c_h[17]) == y_h @ y_h
+  # The harmful statistics come from per-digit prefix Grams: check every pair, for both task
+  # kinds and for n divisible and not divisible by 8.
+  for n, kind in ((20, "one_vs_rest"), (16, "one_vs_rest"), (20, "authors")):
+    sub = subsets[:, :n]
+    q, b, c, m = mnist.harmful_statistics(sub, pairs, kind=kind)
+    for t, (p, h) in enumerate(pairs):
+      x_h, y_h = mnist.harmful_task(sub, int(p), int(h), kind=kind)
+      np.testing.assert_allclose(q[t], x_h.T @ x_h, rtol=1e-12, atol=1e-12)
+      np.testing.assert_allclose(b[t], x_h.T @ y_h, rtol=1e-12, atol=1e-12)
+      assert float(m[t]) == len(y_h) and float(c[t]) == y_h @ y_h

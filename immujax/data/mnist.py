@@ -395,6 +395,52 @@ def harmful_rows(n: int, p, h, *, kind: str = "one_vs_rest", dtype=np.float64):
   return _rows(n, h, p, kind, 1.0, dtype)
 
 
+def harmful_statistics(subsets, pairs, *, kind: str = "one_vs_rest", grams=None):
+  """Sufficient statistics of every pair's :func:`harmful_task`, without building it.
+
+  For ``(x, y) = harmful_task(subsets, p, h)``: ``q = xᵀx``, ``b = xᵀy``, ``c = yᵀy`` and
+  ``m = len(y)``. One-vs-rest negatives are the first ⌈(n − j)/8⌉ images of the j-th other
+  digit, so ``q = K_h + Σ_{d ∉ {p,h}} P_d + (the ≤ 7 images where the counts differ)``, with
+  ``P_d`` the Gram of digit d's first ⌊n/8⌋ images: O(D²) per pair instead of O(n·D²) —
+  90 full-MNIST pairs in about a second instead of half a minute. Equal to the direct sums up
+  to rounding (tested).
+
+  Args:
+    subsets: ``(10, n, d)`` per-digit images (``digit_subsets``); jax or numpy.
+    pairs: ``(T, 2)`` int (p, h) pairs (traced is fine).
+    kind: ``"one_vs_rest"`` or ``"authors"``.
+    grams: optional ``(10, d, d)`` per-digit ``XᵀX`` if already computed.
+
+  Returns:
+    ``(q (T, d, d), b (T, d), c (T,), m (T,))`` in ``subsets``' dtype.
+  """
+  if kind not in TASK_KINDS:
+    raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}.")
+  subsets = jnp.asarray(subsets)
+  pairs = jnp.asarray(pairs)
+  n = subsets.shape[1]
+  if grams is None:
+    grams = jnp.einsum("cnd,cne->cde", subsets, subsets)
+  p, h = pairs[:, 0], pairs[:, 1]
+  t = pairs.shape[0]
+  b = subsets.sum(axis=1)[h]               # every label-1 row is an image of h
+  c = jnp.full((t,), n, subsets.dtype)
+  if kind == "authors":
+    return grams[h], b, c, c
+  groups = NUM_CLASSES - 2
+  base, extra = divmod(n, groups)          # digit others[j] gives base + (j < extra) images
+  head = subsets[:, :base]
+  prefix = jnp.einsum("cnd,cne->cde", head, head)
+  q = grams[h] + prefix.sum(axis=0) - prefix[h] - prefix[p]
+  if extra:
+    digits = jnp.arange(NUM_CLASSES)
+    keep = (digits[None] != p[:, None]) & (digits[None] != h[:, None])
+    others = jnp.argsort(~keep, axis=1, stable=True)[:, :extra]   # (T, extra)
+    e = subsets[others, base]                                       # (T, extra, d)
+    q = q + jnp.einsum("tkd,tke->tde", e, e)
+  return q, b, c, jnp.full((t,), 2 * n, subsets.dtype)
+
+
 def _task(subsets, positive, excluded, kind: str, authors_label: float):
   """``(pool[rows], y)`` for :func:`_rows`."""
   if np.ndim(subsets) != 3 or np.shape(subsets)[0] != NUM_CLASSES:
