@@ -63,8 +63,8 @@ def _flops_per_run_step(d, r, roots):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--pairs", type=int, default=90)
-  ap.add_argument("--pool", type=int, default=4)
-  ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--pool", type=int, default=2)
+  ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--methods", default="ours,r_ill_only,opt_kappa,imma")
   ap.add_argument("--mnist_dir", default=None, help="full MNIST IDX files (default: sample)")
   ap.add_argument("--n_per_digit", type=int, default=500)
