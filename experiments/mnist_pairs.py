@@ -165,12 +165,14 @@ def main(argv):
   # plain-gradient products when every spectral term is preconditioned.
   imma_steps = cfg.imma_steps if "imma" in methods else 0
   preconditioned_only = cfg.precondition_baselines or set(methods) <= {"ours", "imma"}
+  task_batch = cfg.get("task_batch") or None   # pairs per device held in memory at once
 
   def chunk(state, start):
     del start
     return sweep.run_chunk(state, tasks, runs.weights, steps=cfg.chunk_steps, loss="bce",
                            imma_steps=imma_steps,
-                           preconditioned_only=preconditioned_only)
+                           preconditioned_only=preconditioned_only,
+                           task_batch=task_batch, mesh=mesh if task_batch else None)
 
   def summarize(terms):
     sup = np.asarray(terms.supervised)[:n_pairs]

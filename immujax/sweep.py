@@ -157,16 +157,29 @@ def shard_tasks(tree, mesh: Mesh):
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol",
-                                             "preconditioned_only"))
+                                             "preconditioned_only", "task_batch", "mesh"))
 def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Weights, *,
               steps: int, loss: str = "mse", imma_steps: int = 5, rtol: float | None = None,
-              preconditioned_only: bool = False) -> tuple[immunize.State, immunize.Terms]:
+              preconditioned_only: bool = False, task_batch: int | None = None,
+              mesh: Mesh | None = None) -> tuple[immunize.State, immunize.Terms]:
   """``steps`` steps of every run: ``vmap_T(vmap_R(immunize.run_steps))``.
 
-  ``preconditioned_only`` (static) promises that every run's spectral terms are
-  preconditioned (a batch of Ours runs), see ``immunize.direction``.
+  Args:
+    state, tasks, weights: batched with leading axes ``(T, R)`` (tasks: ``T``).
+    steps: steps in this chunk (static).
+    loss, imma_steps, rtol: see ``immunize.direction`` (static).
+    preconditioned_only: static promise that every run's spectral terms are
+      preconditioned (a batch of Ours and IMMA runs), see ``immunize.direction``.
+    task_batch: bound memory: hold only this many tasks' runs at once (``lax.map`` with
+      ``batch_size`` over the task axis, one compiled program still). ``None`` vmaps all
+      ``T`` tasks at once, which on a CPU is no faster than groups (see README,
+      "Performance") but needs every run's temporaries together: 360 runs at D = 784 take
+      more than 24 GB.
+    mesh: with ``task_batch``, the mesh the task axis is sharded over (``device_mesh``):
+      each device maps over its own tasks (``jax.shard_map``).
 
-  Returns the new state and the last step's :class:`immunize.Terms`, shape ``(T, R)``.
+  Returns:
+    The new state and the last step's :class:`immunize.Terms`, shape ``(T, R)``.
   """
   def per_run(s, task, w):
     s, terms = immunize.run_steps(s, task, w, steps=steps, loss=loss,
@@ -174,7 +187,26 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
                                   preconditioned_only=preconditioned_only)
     return s, jax.tree.map(lambda a: a[-1], terms)
   per_task = jax.vmap(per_run, in_axes=(0, None, 0))
-  return jax.vmap(per_task, in_axes=(0, task_axes(tasks), 0))(state, tasks, weights)
+  axes = task_axes(tasks)
+  if task_batch is None:
+    return jax.vmap(per_task, in_axes=(0, axes, 0))(state, tasks, weights)
+  if task_batch < 1:
+    raise ValueError(f"`task_batch` must be a positive number of tasks; got {task_batch}.")
+  # lax.map maps every leaf over its leading axis: pass a shared pool by closure instead.
+  pool = tasks.x_p if axes.x_p is None else None
+  batched = tasks._replace(x_p=None) if pool is not None else tasks
+
+  def local(state, batched, weights, pool):
+    def one(args):
+      s, t, w = args
+      return per_task(s, t if pool is None else t._replace(x_p=pool), w)
+    return jax.lax.map(one, (state, batched, weights), batch_size=task_batch)
+
+  if mesh is None:
+    return local(state, batched, weights, pool)
+  split, whole = PartitionSpec("tasks"), PartitionSpec()
+  return jax.shard_map(local, mesh=mesh, in_specs=(split, split, split, whole),
+                       out_specs=split)(state, batched, weights, pool)
 
 
 class Evaluation(NamedTuple):

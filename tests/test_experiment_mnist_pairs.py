@@ -46,7 +46,7 @@ def test_quick_sweep_layout_resume_and_sharding(tmp_path):
   resumed = json.loads((part / "results.json").read_text())
 
   sharded = tmp_path / "sharded"
-  stdout = _run(sharded, devices=4)
+  stdout = _run(sharded, "--config.task_batch=1", devices=4)  # shard_map + lax.map path
   assert "4 device(s)" in stdout
   shard = json.loads((sharded / "results.json").read_text())
   for m in res["methods"]:

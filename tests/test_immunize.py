@@ -132,11 +132,18 @@ def test_pooled_tasks_match_per_task_copies_padded_and_sharded():
     finals.append(state.params.theta)
     ev = sweep.evaluate(state, tasks, loss="bce")
   _close(finals[1], finals[0], rtol=1e-10)
+  # Memory-bounded chunks (lax.map over task groups, shard_map over a mesh) are the same
+  # computation as vmapping every task at once.
+  mesh = sweep.device_mesh(jax.devices()[:1])
+  state, _ = sweep.run_chunk(runs.state, pooled, runs.weights, steps=3, loss="bce",
+                             task_batch=1, mesh=mesh)
+  _close(state.params.theta, finals[1], rtol=1e-10)
+  with pytest.raises(ValueError, match="task_batch"):
+    sweep.run_chunk(runs.state, pooled, runs.weights, steps=3, task_batch=0)
   padded = sweep.pad_tasks(pooled, 3)
   assert padded.x_p.shape == (30, 4) and padded.rows.shape == (3, 12)
   assert padded.k_p.shape == (3, 4, 4)
   assert sweep.slice_tasks(padded, 1, 2).rows.shape == (1, 12)
-  mesh = sweep.device_mesh(jax.devices()[:1])
   assert sweep.shard_tasks(pooled, mesh).x_p.sharding.is_fully_replicated
   assert ev.rir.shape == (2, 2)
 
