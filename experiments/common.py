@@ -1,14 +1,30 @@
-"""Plumbing shared by the experiment binaries: float64, atomic outputs, progress with ETA."""
+"""Plumbing shared by the experiment binaries: float64, atomic outputs, progress with ETA.
+
+Bad input at the binary edge (issue 13):
+
+* :func:`run` replaces ``absl.app.run``. A known error (``ValueError``, a missing file or
+  directory, a config mismatch, a flag that does not parse) prints ONE line,
+  ``error: ...``, to stderr and exits with status 2. ``--verbose`` shows the traceback.
+* ``validate_*`` check flags and config fields (each message names the flag and the fix);
+  binaries call them before touching the workdir.
+* :func:`claim_workdir` writes ``config.json`` (after validation) and remembers what it
+  created; if the run then fails before its first checkpoint, :func:`run` puts the workdir
+  back as it found it (no ``config.json``, no empty ``checkpoints/``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
-from typing import Any
+import traceback
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import numpy as np
@@ -37,12 +53,20 @@ def data_dir_from(flag_value: str | None, env_var: str, subdir: str) -> pathlib.
   return None
 
 
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def _atomic_write(path: pathlib.Path, write) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
       write(f)
+    # mkstemp creates 0600 files; outputs get the mode an ordinary open() would give them.
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -97,47 +121,318 @@ def _fmt_seconds(s: float) -> str:
 
 
 class ProgressPrinter:
-  """Prints one line per chunk: a bar, steps, elapsed, ETA and an optional summary."""
+  """Prints one line per chunk: a bar, steps, elapsed, ETA and an optional summary.
+
+  Before the first chunk (``training.run_chunked`` calls :meth:`start`) it says whether the
+  run starts fresh or resumes, and that the first chunk compiles, so something is printed
+  before compilation. The first ETA of a process includes compilation and is printed as an
+  upper bound (``ETA ≤``); later ones exclude the first chunk. ``wall_time`` is the whole
+  run's wall time so far (earlier, killed processes included) when the driver knows it.
+  """
 
   def __init__(self, label: str, summarize=None, stream=sys.stdout):
     self.label, self.summarize, self.stream = label, summarize, stream
-    self.start = time.perf_counter()
+    self.start_time = time.perf_counter()
+    self.wall_time = math.nan
+
+  def start(self, p: training.Progress) -> None:
+    self.wall_time = p.wall_time
+    if p.step >= p.total:
+      what = f"resuming from step {p.step}: all {p.total} steps are done"
+    elif p.step > 0:
+      what = (f"resuming from step {p.step} of {p.total}; compiling the first chunk "
+              "(no ETA until it is done)")
+    else:
+      what = f"starting {p.total} steps; compiling the first chunk (no ETA until it is done)"
+    print(f"[{self.label}] {what}", file=self.stream, flush=True)
 
   def __call__(self, p: training.Progress) -> None:
+    self.wall_time = p.wall_time
     frac = p.step / p.total
     bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
     extra = f"  {self.summarize(p.metrics)}" if self.summarize else ""
+    if not math.isfinite(p.eta):
+      eta = "ETA after first chunk"
+    else:
+      eta = f"ETA {'≤ ' if p.eta_is_bound else ''}{_fmt_seconds(p.eta)}"
     print(f"[{self.label}] [{bar}] {p.step}/{p.total} steps  elapsed "
-          f"{_fmt_seconds(time.perf_counter() - self.start)}  ETA {_fmt_seconds(p.eta)}{extra}",
+          f"{_fmt_seconds(time.perf_counter() - self.start_time)}  {eta}{extra}",
           file=self.stream, flush=True)
 
 
 def mean_std(values) -> tuple[float, float]:
+  """Mean and sample std (ddof=1) of ``values``; the std is nan for a single value."""
   v = np.asarray(values, dtype=float)
-  return float(np.mean(v)), float(np.std(v, ddof=1)) if v.size > 1 else 0.0
+  return float(np.mean(v)), float(np.std(v, ddof=1)) if v.size > 1 else math.nan
 
 
 def fmt_pm(values, digits: int = 4) -> str:
-  m, s = mean_std(values)
+  """``"mean ± std"``, or the value alone when there is one (no fake ``± 0``)."""
+  v = np.asarray(values, dtype=float).ravel()
+  m, s = mean_std(v)
+  if v.size == 1:
+    return f"{m:.{digits}g}"
   return f"{m:.{digits}g} ± {s:.{digits}g}"
+
+
+# ------------------------------------------------------------------- validation of flags
+
+
+def _is_int(value) -> bool:
+  return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def validate_positive_int(value, name: str, *, allow_none: bool = False) -> int | None:
+  """Returns ``value`` if it is an int >= 1, else raises a ValueError naming ``name``."""
+  if value is None and allow_none:
+    return None
+  if not _is_int(value) or value < 1:
+    raise ValueError(f"{name}={value!r} must be a positive integer; pass e.g. {name}=1.")
+  return int(value)
+
+
+def validate_nonnegative_int(value, name: str) -> int:
+  """Returns ``value`` if it is an int >= 0, else raises a ValueError naming ``name``."""
+  if not _is_int(value) or value < 0:
+    raise ValueError(f"{name}={value!r} must be an integer >= 0.")
+  return int(value)
+
+
+def validate_positive_float(value, name: str) -> float:
+  """Returns ``value`` if it is a finite number > 0, else raises a ValueError naming it."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+      or not math.isfinite(value) or value <= 0:
+    raise ValueError(f"{name}={value!r} must be a finite number > 0.")
+  return float(value)
+
+
+def validate_choice(value, name: str, choices: Sequence[Any]) -> Any:
+  """Returns ``value`` if it is one of ``choices``, else raises a ValueError naming them."""
+  if value not in choices:
+    raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}.")
+  return value
+
+
+def validate_subset(values, name: str, choices: Sequence[str]) -> tuple:
+  """A non-empty, duplicate-free tuple of elements of ``choices`` (a bare string is one)."""
+  if isinstance(values, str):
+    values = (values,)
+  values = tuple(values)
+  bad = [v for v in values if v not in choices]
+  if bad or not values:
+    raise ValueError(f"{name}={','.join(map(str, values)) or '()'}: "
+                     f"{'unknown ' + ', '.join(map(repr, bad)) if bad else 'empty'}; choose "
+                     f"one or more of {', '.join(choices)} (comma-separated).")
+  if len(set(values)) != len(values):
+    raise ValueError(f"{name}={','.join(values)} lists a value twice; list each once.")
+  return values
+
+
+def validate_steps(steps, chunk_steps, prefix: str = "--config.") -> None:
+  """``steps`` and ``chunk_steps`` positive ints, ``steps`` a multiple of ``chunk_steps``."""
+  validate_positive_int(steps, f"{prefix}steps")
+  validate_positive_int(chunk_steps, f"{prefix}chunk_steps")
+  if steps % chunk_steps:
+    raise ValueError(
+        f"{prefix}steps={steps} must be a multiple of {prefix}chunk_steps={chunk_steps}; "
+        f"pass e.g. {prefix}steps={max(chunk_steps, steps // chunk_steps * chunk_steps)}.")
+
+
+def validate_workdir(workdir) -> pathlib.Path:
+  """``--workdir`` as a path; refuses an empty value and an existing non-directory."""
+  if not workdir:
+    raise ValueError("--workdir is empty; pass the output directory.")
+  path = pathlib.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise NotADirectoryError(f"--workdir {str(path)!r} is a file; pass a directory.")
+  for parent in path.parents:
+    if parent.exists():
+      if not parent.is_dir():
+        raise NotADirectoryError(f"--workdir {str(path)!r}: {str(parent)!r} is a file.")
+      break
+  return path
+
+
+def validate_data_dir(path, flag: str) -> pathlib.Path | None:
+  """An existing directory given by ``flag`` (None passes through)."""
+  if path is None:
+    return None
+  path = pathlib.Path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"{flag}={str(path)!r} is not a directory; pass the folder "
+                            "holding the data files.")
+  return path
+
+
+# ------------------------------------------------------------------------ the workdir
+
+
+@dataclasses.dataclass
+class _Claim:
+  workdir: pathlib.Path
+  created: pathlib.Path | None       # topmost directory this run created (None: it existed)
+  old_config: bytes | None           # config.json's bytes before the run (None: absent)
+  checkpoints_existed: bool
+  old_steps: frozenset
+
+
+_CLAIMS: list[_Claim] = []
+
+
+def _step_dirs(directory: pathlib.Path) -> frozenset:
+  if not directory.is_dir():
+    return frozenset()
+  return frozenset(p.name for p in directory.iterdir() if p.name.isdigit())
 
 
 def claim_workdir(workdir: pathlib.Path, config: dict, extra: dict | None = None) -> None:
   """Records the run's config in ``workdir/config.json``, or checks it on resume.
 
+  Call it after every flag and config field has been validated. It remembers what it
+  created; if the program then fails before its first checkpoint, :func:`run` (or
+  :func:`release_workdirs`) restores the workdir: the directory is removed if this call
+  created it, otherwise ``config.json`` gets its old bytes back (or is removed) and a
+  ``checkpoints/`` directory without any saved step is removed if it was not there before.
+
   Raises:
     ValueError: if the workdir holds checkpoints of a run with a different config (resuming
       them would restore arrays of the wrong shapes or mix two experiments).
+    NotADirectoryError: if ``workdir`` is a file.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = validate_workdir(workdir)
   record = {"config": to_jsonable(config), **(extra or {})}
   path = workdir / "config.json"
-  if path.exists() and (workdir / "checkpoints").exists():
-    old = json.loads(path.read_text()).get("config")
+  ckpt_dir = workdir / "checkpoints"
+  old_bytes = path.read_bytes() if path.is_file() else None
+  if old_bytes is not None and _step_dirs(ckpt_dir):
+    try:
+      old = json.loads(old_bytes).get("config")
+    except (ValueError, AttributeError) as e:
+      raise ValueError(f"--workdir {workdir}: config.json is not valid JSON ({e}); use a fresh "
+                       "--workdir, or delete it to start over.") from e
     if old != record["config"]:
       changed = sorted(k for k in set(old or {}) | set(record["config"])
                        if (old or {}).get(k) != record["config"].get(k))
       raise ValueError(
           f"--workdir {workdir} holds a run with a different config (changed: {changed}); "
           "use a fresh --workdir, or delete it to start over.")
+  created = None
+  for d in (workdir, *workdir.parents):
+    if d.exists():
+      break
+    created = d
+  claim = _Claim(workdir, created, old_bytes, ckpt_dir.exists(), _step_dirs(ckpt_dir))
+  workdir.mkdir(parents=True, exist_ok=True)
+  _CLAIMS.append(claim)
   write_json(path, record)
+
+
+def release_workdirs() -> None:
+  """Restores every claimed workdir in which no checkpoint was saved since the claim."""
+  while _CLAIMS:
+    c = _CLAIMS.pop()
+    ckpt_dir = c.workdir / "checkpoints"
+    if _step_dirs(ckpt_dir) - c.old_steps:
+      continue   # a checkpoint was written: keep everything, rerunning resumes from it
+    if c.created is not None:
+      shutil.rmtree(c.created, ignore_errors=True)
+      continue
+    path = c.workdir / "config.json"
+    if c.old_config is None:
+      path.unlink(missing_ok=True)
+    elif not path.is_file() or path.read_bytes() != c.old_config:
+      _atomic_write(path, lambda f, b=c.old_config: f.write(b))
+    if not c.checkpoints_existed and ckpt_dir.is_dir():
+      shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def forget_workdirs() -> None:
+  """Marks every claim as kept (e.g. once results are written); used by tests."""
+  _CLAIMS.clear()
+
+
+# --------------------------------------------------------------------- the binary edge
+
+KNOWN_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                PermissionError, FileExistsError)
+
+
+def _one_line(text: str) -> str:
+  """The first line of ``text`` and, if it embeds a traceback, its last line."""
+  lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+  if not lines:
+    return ""
+  if len(lines) > 1 and any(ln.startswith("Traceback") for ln in lines):
+    head = lines[0]
+    return f"{head} {lines[-1]}" if head != lines[-1] else head
+  return " ".join(lines)
+
+
+def _verbose_requested(argv: Sequence[str]) -> bool:
+  return any(a in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1")
+             for a in argv)
+
+
+def _fail(message: str, code: int = 2):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _flag_error(e: BaseException, argv: Sequence[str]) -> str:
+  """One line for a flag that does not parse (absl) or names an unknown config field."""
+  if isinstance(e, (AttributeError, KeyError)):
+    # ml_collections raises these for --config.<field> overrides of unknown fields.
+    key = str(e).strip("\"' ")
+    bad = [a for a in argv[1:] if a.startswith("--config.") and key and key in a]
+    where = f"flag {bad[0]}: " if bad else ""
+    return (f"{where}the config has no field {key!r}; check the spelling (the config file "
+            "lists the fields).")
+  return _one_line(str(e))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors (``error: flag --x: ...``, exit status 2)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    if _verbose_requested(argv):
+      raise
+    _fail(_flag_error(e, argv))
+  return []  # unreachable
+
+
+def run(main: Callable[[list[str]], Any], *, define_flags: Callable[[], None] | None = None,
+        known_errors: Iterable[type[BaseException]] = KNOWN_ERRORS) -> None:
+  """``absl.app.run(main)`` with one-line errors and a clean workdir on early failure.
+
+  * A flag that does not parse (also an unknown ``--config.<field>``, which
+    ``config_flags`` reports while the flags are defined, so pass ``define_flags``), and
+    any of ``known_errors`` raised by ``main``, print ``error: <message>`` (one line) to
+    stderr and exit with status 2. With ``--verbose`` the traceback is shown instead.
+  * Whatever ``main`` raises (also Ctrl-C), workdirs claimed with :func:`claim_workdir` in
+    which no checkpoint was saved yet are restored first (:func:`release_workdirs`).
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if define_flags is not None:
+    try:
+      define_flags()
+    except (flags.Error, AttributeError, KeyError) as e:
+      if _verbose_requested(sys.argv):
+        raise
+      _fail(_flag_error(e, sys.argv))
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool("verbose", False, "On error, show the full traceback, not one line.")
+  known = tuple(known_errors)
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except BaseException as e:  # pylint: disable=broad-except
+      release_workdirs()
+      if isinstance(e, known) and not flags.FLAGS.verbose:
+        _fail(_one_line(str(e)) or type(e).__name__)
+      raise
+
+  app.run(wrapped, flags_parser=_parse_flags)

@@ -10,9 +10,7 @@ after every chunk under ``--workdir/checkpoints`` and resumes from them when rer
 from __future__ import annotations
 
 import pathlib
-import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -20,6 +18,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import common
+from experiments.configs import house_price as config_lib
 from immujax import attacks
 from immujax import checkpoint
 from immujax import immunize
@@ -57,17 +56,26 @@ NAMES = {"ours": "Ours", "r_ill_only": "R_ill Only", "imma": "IMMA", "opt_kappa"
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise ValueError(f"unexpected positional arguments {argv[1:]}; every option is a --flag.")
   common.enable_float64()
+  clock = training.WallClock()   # the whole run's wall time, across resumes
 
+  # Validate every flag and config field, and load the data, BEFORE touching the workdir.
   cfg = _CONFIG.value
-  workdir = pathlib.Path(_WORKDIR.value)
-  common.claim_workdir(workdir, cfg.to_dict())
+  config_lib.validate(cfg)
+  workdir = common.validate_workdir(_WORKDIR.value)
+  common.validate_positive_int(_MAX_CHUNKS.value, "--max_chunks", allow_none=True)
   data_dir = common.data_dir_from(_DATA_DIR.value, "IMMUJAX_HOUSE_DIR", "house_price")
-  t_start = time.perf_counter()
+  if data_dir is None and _CACHE_DIR.value is None:
+    raise ValueError("no house-price data: pass --data_dir (the folder with D1.csv and D2.csv "
+                     "or Kaggle's train.csv), set $IMMUJAX_HOUSE_DIR or $IMMUJAX_DATA_DIR, or "
+                     "pass --cache_dir to download OpenML dataset 42165.")
+  common.validate_data_dir(data_dir, "--data_dir")
   data = house_prices.load_house_prices(
       None if data_dir is None else str(data_dir), n_train=cfg.n_train,
       cache_dir=_CACHE_DIR.value)
+  common.claim_workdir(workdir, cfg.to_dict())
   task = immunize.make_task(data.x_p, data.y_p, data.x_h, data.y_h)
   tasks = jax.tree.map(lambda a: a[None], task)  # T = 1
   methods = tuple(cfg.methods)
@@ -94,7 +102,7 @@ def main(argv):
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
   state, _ = training.run_chunked(
       chunk, runs.state, total_steps=total, chunk_steps=cfg.chunk_steps, checkpointer=ckpt,
-      on_progress=common.ProgressPrinter("house", summarize))
+      on_progress=common.ProgressPrinter("house", summarize), clock=clock)
   if total < cfg.steps:
     print(f"stopped after {total} steps (--max_chunks); rerun to resume.")
     return
@@ -138,7 +146,7 @@ def main(argv):
       curves.setdefault(m, {})[side] = np.asarray(
           attack(x @ theta, y, steps=cfg.attack_steps).norm_ratio)
   results["norm_ratio_seed0"] = curves
-  results["wall_time_s"] = time.perf_counter() - t_start
+  results["wall_time_s"] = clock.total()   # includes the time of killed earlier processes
 
   workdir.mkdir(parents=True, exist_ok=True)
   common.write_json(workdir / "results.json", results)
@@ -151,7 +159,8 @@ def main(argv):
 
 def _table(results, methods, cfg) -> str:
   lines = [
-      f"# House prices — Table 1 (mean ± std over {cfg.seeds} seeds, κ = {cfg.kappa})", "",
+      (f"# House prices — Table 1 (mean ± std over {cfg.seeds} seeds, κ = {cfg.kappa})"
+       if cfg.seeds > 1 else f"# House prices — Table 1 (1 seed, n = 1, κ = {cfg.kappa})"), "",
       "| Method | (i) κ ratio D_H ↑ | (ii) κ ratio D_P ↓ | RIR ↑ | D_P loss (trained) | "
       "paper (i) | paper (ii) | paper RIR |",
       "|---|---|---|---|---|---|---|---|"]
@@ -190,5 +199,4 @@ def _plot(curves, path):
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  common.run(main, define_flags=_define_flags)

@@ -139,13 +139,31 @@ def main(argv):
   del argv
   common.enable_float64()
   cfg = _CONFIG.value
-  workdir = pathlib.Path(_WORKDIR.value)
   t0 = time.perf_counter()
+  clock = training.WallClock(t0)   # the whole run's wall time, across resumes
+  # Validate every flag and config field, and load the data, BEFORE touching the workdir.
+  from experiments.configs import mnist_pairs as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.validate(cfg)
+  workdir = common.validate_workdir(_WORKDIR.value)
+  common.validate_positive_int(_MAX_CHUNKS.value, "--max_chunks", allow_none=True)
+  common.validate_positive_int(_DEVICES.value, "--devices", allow_none=True)
+  if _DEVICES.value and _DEVICES.value > jax.device_count():
+    raise ValueError(
+        f"--devices={_DEVICES.value} but only {jax.device_count()} device(s) exist; pass fewer, "
+        "or set XLA_FLAGS=--xla_force_host_platform_device_count=N on a CPU.")
   mnist_dir = common.data_dir_from(_MNIST_DIR.value, "IMMUJAX_MNIST_DIR", "mnist")
   mnist_dir = str(mnist_dir) if (mnist_dir is not None and cfg.source == "idx") else None
+  common.validate_data_dir(mnist_dir, "--mnist_dir")
+  if cfg.source == "tfds":
+    common.validate_data_dir(_TFDS_DIR.value, "--tfds_data_dir")
   images, labels = load_images(cfg, mnist_dir, _TFDS_DIR.value)
+  fewest = int(np.bincount(labels, minlength=10).min())
+  if cfg.n_per_digit > fewest:
+    raise ValueError(f"--config.n_per_digit={cfg.n_per_digit} but the data hold only {fewest} "
+                     f"images of their rarest digit; pass --config.n_per_digit<={fewest}.")
+  print(f"[mnist] {len(labels)} images loaded (source {cfg.source}); building the tasks",
+        flush=True)
   methods = tuple(cfg.methods)
-  workdir.mkdir(parents=True, exist_ok=True)
   common.claim_workdir(workdir, cfg.to_dict(), {"mnist_dir": mnist_dir,
                                                  "tfds_data_dir": _TFDS_DIR.value})
 
@@ -265,5 +283,4 @@ def _heatmap(r, title, path):
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  common.run(main, define_flags=_define_flags)

@@ -37,3 +37,28 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   elif variant:
     raise ValueError(f"unknown variant {variant!r}; use '' or 'quick'")
   return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks every field (flag names in the messages); raises ValueError before any work."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from immujax import immunize  # pylint: disable=g-import-not-at-top
+  f = "--config."
+  common.validate_subset(c.methods, f + "methods", immunize.METHODS)
+  common.validate_positive_int(c.seeds, f + "seeds")
+  common.validate_positive_int(c.n_train, f + "n_train")
+  common.validate_positive_float(c.learning_rate, f + "learning_rate")
+  common.validate_steps(c.steps, c.chunk_steps, f)
+  common.validate_positive_float(c.step_scale, f + "step_scale")
+  common.validate_positive_float(c.clip_factor, f + "clip_factor")
+  if "imma" in tuple(c.methods):
+    common.validate_positive_int(c.imma_steps, f + "imma_steps")
+  else:
+    common.validate_nonnegative_int(c.imma_steps, f + "imma_steps")
+  common.validate_choice(c.init, f + "init", ("orthogonal", "identity", "torch_default"))
+  common.validate_choice(c.precondition_baselines, f + "precondition_baselines", (True, False))
+  common.validate_positive_int(c.attack_steps, f + "attack_steps")
+  common.validate_choice(c.kappa, f + "kappa", ("pinv", "authors"))
+  unknown = sorted(set(c.keys()) - set(get_config().keys()))
+  if unknown:
+    raise ValueError(f"the config has unknown fields {unknown}; remove them.")

@@ -60,3 +60,42 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   elif variant:
     raise ValueError(f"unknown variant {variant!r}; use '', 'paper', 'paper_ours' or 'quick'")
   return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks every field (flag names in the messages); raises ValueError before any work."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from immujax import immunize  # pylint: disable=g-import-not-at-top
+  f = "--config."
+  common.validate_subset(c.methods, f + "methods", immunize.METHODS)
+  common.validate_positive_int(c.seeds, f + "seeds")
+  common.validate_choice(c.source, f + "source", ("sample", "idx", "tfds"))
+  common.validate_positive_int(c.n_per_digit, f + "n_per_digit")
+  common.validate_choice(c.pool, f + "pool", (1, 2, 4, 7, 14, 28))
+  common.validate_choice(c.task, f + "task", ("one_vs_rest", "authors"))
+  pairs = tuple(tuple(p) if not isinstance(p, (str, int)) else p for p in c.pairs)
+  for p in pairs:
+    if (not isinstance(p, tuple) or len(p) != 2
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 9 for d in p)
+        or p[0] == p[1]):
+      raise ValueError(f"{f}pairs={c.pairs!r}: every pair must be two different digits "
+                       "0..9, e.g. --config.pairs='((0,1),(3,8))'; () means all 90 pairs.")
+  if len(set(pairs)) != len(pairs):
+    raise ValueError(f"{f}pairs={c.pairs!r} lists a pair twice; list each once.")
+  common.validate_positive_float(c.learning_rate, f + "learning_rate")
+  common.validate_steps(c.steps, c.chunk_steps, f)
+  common.validate_nonnegative_int(c.task_batch, f + "task_batch")
+  common.validate_positive_float(c.step_scale, f + "step_scale")
+  common.validate_positive_float(c.harmful_scale, f + "harmful_scale")
+  for name in ("adaptive", "precondition_baselines", "roots"):
+    common.validate_choice(c[name], f + name, (True, False))
+  common.validate_positive_float(c.clip_factor, f + "clip_factor")
+  if "imma" in tuple(c.methods):
+    common.validate_positive_int(c.imma_steps, f + "imma_steps")
+  else:
+    common.validate_nonnegative_int(c.imma_steps, f + "imma_steps")
+  common.validate_choice(c.init, f + "init", ("orthogonal", "identity", "torch_default"))
+  common.validate_choice(c.kappa, f + "kappa", ("pinv", "authors"))
+  unknown = sorted(set(c.keys()) - set(get_config().keys()))
+  if unknown:
+    raise ValueError(f"the config has unknown fields {unknown}; remove them.")

@@ -285,7 +285,8 @@ def read_d1_d2(data_dir: PathLike):
     d1 = frame.loc[~harmful].reset_index(drop=True)
     d2 = frame.loc[harmful].reset_index(drop=True)
     return d1, d2, "train.csv"
-  present = sorted(p.name for p in d.iterdir())[:20]
+  names = sorted(p.name for p in d.iterdir())
+  present = names[:8] + (["..."] if len(names) > 8 else [])
   raise FileNotFoundError(
       f"data_dir {str(d)!r} holds neither D1.csv + D2.csv nor train.csv (found {present}); "
       "pass the folder of the authors' data/house_price files or of Kaggle's train.csv.")
