@@ -22,12 +22,16 @@ from immujax.data import house_prices as hp_lib
 
 
 def _table(n_rl=4, n_other=3, seed=0):
-  """A small, valid Kaggle-shaped table: every column numeric except a few categories."""
+  """A small, valid Kaggle-shaped table: random counts and random known categories."""
   rng = np.random.default_rng(seed)
   n = n_rl + n_other
   cols = {}
   for name in hp_lib.KAGGLE_COLUMNS:
-    cols[name] = rng.integers(0, 50, size=n).astype(np.int64)
+    if name in hp_lib.CATEGORY_LEVELS:
+      levels = hp_lib.CATEGORY_LEVELS[name]
+      cols[name] = [levels[i] for i in rng.integers(0, len(levels), size=n)]
+    else:
+      cols[name] = rng.integers(0, 50, size=n).astype(np.int64)
   cols["Id"] = np.arange(1, n + 1)
   cols["MSZoning"] = ["RL"] * n_rl + ["RM"] * n_other
   cols["Street"] = ["Pave", "Grvl"] * (n // 2) + ["Pave"] * (n % 2)
@@ -348,3 +352,71 @@ def test_real_openml_route_equals_train_csv(house_dir, tmp_path):
   want = _load_real(house_dir)
   for name in ("x_p_all", "y_p_all", "x_h_all", "y_h_all"):
     np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+# ------------------------------------------------------------------- validation (issue 13)
+
+# sha256 (first 16 hex digits) of the arrays the loader returned on the shared files BEFORE
+# validation was added (commit 8c5de2b). Validation must not change a single bit on valid data.
+_HASHES_BEFORE_VALIDATION = {
+    "x_p_all": "7c3677be1143c678", "y_p_all": "059a2da20852f66f",
+    "x_h_all": "79d626573e8fbb1f", "y_h_all": "641888c5d2658706",
+    "id_p_all": "c88a3a4708f4e0b6", "id_h_all": "8be332ccc71c68af",
+}
+
+
+def _hashes(data):
+  return {k: hashlib.sha256(np.ascontiguousarray(getattr(data, k)).tobytes()).hexdigest()[:16]
+          for k in _HASHES_BEFORE_VALIDATION}
+
+
+def test_real_arrays_unchanged_by_validation_both_routes(house_dir, tmp_path):
+  assert _hashes(_load_real(house_dir)) == _HASHES_BEFORE_VALIDATION
+  shutil.copy(house_dir / "train.csv", tmp_path / "train.csv")
+  assert _hashes(hp_lib.load_house_prices(tmp_path)) == _HASHES_BEFORE_VALIDATION
+
+
+def test_numeric_and_category_columns_match_the_clean_files(house_dir):
+  for name in ("train.csv", "D2.csv"):
+    frame = pd.read_csv(house_dir / name)
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c].dtype)]
+    assert tuple(numeric) == hp_lib.NUMERIC_COLUMNS, name
+    assert set(frame.columns) - set(numeric) == set(hp_lib.CATEGORY_LEVELS), name
+  assert set(hp_lib.NUMERIC_COLUMNS) | set(hp_lib.CATEGORY_LEVELS) == set(hp_lib.KAGGLE_COLUMNS)
+
+
+def _corrupt_copy(house_dir, tmp_path, file, row, column, value):
+  """Copies D1/D2 to tmp_path and sets data row ``row`` (1-based) of ``column`` in ``file``."""
+  for name in ("D1.csv", "D2.csv"):
+    shutil.copy(house_dir / name, tmp_path / name)
+  with open(tmp_path / file, newline="") as f:
+    rows = list(csv.reader(f))
+  rows[row][rows[0].index(column)] = value
+  with open(tmp_path / file, "w", newline="") as f:
+    csv.writer(f, lineterminator="\n").writerows(rows)
+  return tmp_path
+
+
+@pytest.mark.parametrize("file, row, column, value, match", [
+    ("D1.csv", 5, "LotFrontage", "abc", r"D1\.csv: row 5 \(line 6, Id 30\), column 'LotFrontage': 'abc' is not a number"),
+    ("D2.csv", 7, "GrLivArea", "-5", r"D2\.csv: row 7 .*'GrLivArea': -5\.0 is negative"),
+    ("D1.csv", 2, "MSSubClass", "inf", r"D1\.csv: row 2 .*'MSSubClass': inf is infinite"),
+    ("D2.csv", 3, "Street", "Paved", r"D2\.csv: row 3 .*'Street': 'Paved' is not a category"),
+    ("D1.csv", 9, "LotArea", "", r"D1\.csv: row 9 .*the target LotArea is missing"),
+    ("D2.csv", 4, "Id", "1", r"D2\.csv: row 4 .*Id 1 is repeated"),
+])
+def test_corrupt_real_files_are_rejected_with_file_row_column(house_dir, tmp_path, file, row,
+                                                              column, value, match):
+  d = _corrupt_copy(house_dir, tmp_path, file, row, column, value)
+  with pytest.raises(ValueError, match=match):
+    hp_lib.load_house_prices(d)
+
+
+def test_validate_frame_accepts_missing_values_and_rejects_numbers_in_categories():
+  frame = _table()
+  frame.loc[1, "LotFrontage"] = np.nan
+  frame.loc[2, "Street"] = None
+  hp_lib.validate_frame(frame, "t.csv", targets=("SalePrice",))
+  frame["Alley"] = [1.0] * len(frame)  # numbers where a category belongs
+  with pytest.raises(ValueError, match=r"t\.csv: row 1 .*'Alley': 1\.0 is not a category"):
+    hp_lib.validate_frame(frame, "t.csv")

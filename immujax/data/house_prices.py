@@ -24,6 +24,16 @@ The result is bit-identical to the authors' pandas/sklearn code run on the same 
 the same pandas and numpy. The tests check this against a literal copy of that code when
 scikit-learn is installed. The column-wise reductions follow pandas' summation order.
 
+**Validation (not in the authors' code).** Before preprocessing, every file is checked
+column by column (:func:`validate_frame`): a non-number, an infinite or a negative value in
+one of the 38 :data:`NUMERIC_COLUMNS` (Kaggle's ``data_description.txt``; exactly the columns
+pandas reads as numbers from the clean train.csv/test.csv), an unknown level in one of the 43
+categorical columns (:data:`CATEGORY_LEVELS`, the levels of train.csv and test.csv), a
+missing or repeated ``Id`` and a missing target raise a ``ValueError`` naming the file, row
+and column. The authors' pipeline would instead label-encode a numeric column that holds a
+single junk string, shifting that feature silently. Valid files pass unchanged, so the arrays
+stay bit-identical to the authors' pipeline (tested).
+
 The statistics are computed on the **whole** file (309 or 1151 rows). Only then are the first
 ``n_train`` rows taken, in file (``Id``) order, as the training rows. The authors use
 ``Subset(range(200))`` on the pair dataset, so the training rows are D1[0:200] and
@@ -104,6 +114,73 @@ KAGGLE_COLUMNS = (
     "EnclosedPorch", "3SsnPorch", "ScreenPorch", "PoolArea", "PoolQC", "Fence",
     "MiscFeature", "MiscVal", "MoSold", "YrSold", "SaleType", "SaleCondition", "SalePrice",
 )
+# The 38 numeric columns of the Ames data (Kaggle's data_description.txt; they are exactly the
+# columns pandas reads as numbers from the clean train.csv and test.csv). Every value is a
+# count, an area, a rating, a year, a month or a price: finite and >= 0.
+NUMERIC_COLUMNS = (
+    "Id", "MSSubClass", "LotFrontage", "LotArea", "OverallQual", "OverallCond", "YearBuilt",
+    "YearRemodAdd", "MasVnrArea", "BsmtFinSF1", "BsmtFinSF2", "BsmtUnfSF", "TotalBsmtSF",
+    "1stFlrSF", "2ndFlrSF", "LowQualFinSF", "GrLivArea", "BsmtFullBath", "BsmtHalfBath",
+    "FullBath", "HalfBath", "BedroomAbvGr", "KitchenAbvGr", "TotRmsAbvGrd", "Fireplaces",
+    "GarageYrBlt", "GarageCars", "GarageArea", "WoodDeckSF", "OpenPorchSF", "EnclosedPorch",
+    "3SsnPorch", "ScreenPorch", "PoolArea", "MiscVal", "MoSold", "YrSold", "SalePrice",
+)
+# The other 43 columns are categorical. Their levels: every value that occurs in Kaggle's
+# train.csv or test.csv (a missing value, i.e. an empty field or ``NA``, is always allowed).
+CATEGORY_LEVELS = {
+    "MSZoning": ('C (all)', 'FV', 'RH', 'RL', 'RM'),
+    "Street": ('Grvl', 'Pave'),
+    "Alley": ('Grvl', 'Pave'),
+    "LotShape": ('IR1', 'IR2', 'IR3', 'Reg'),
+    "LandContour": ('Bnk', 'HLS', 'Low', 'Lvl'),
+    "Utilities": ('AllPub', 'NoSeWa'),
+    "LotConfig": ('Corner', 'CulDSac', 'FR2', 'FR3', 'Inside'),
+    "LandSlope": ('Gtl', 'Mod', 'Sev'),
+    "Neighborhood": ('Blmngtn', 'Blueste', 'BrDale', 'BrkSide', 'ClearCr', 'CollgCr',
+        'Crawfor', 'Edwards', 'Gilbert', 'IDOTRR', 'MeadowV', 'Mitchel', 'NAmes', 'NPkVill',
+        'NWAmes', 'NoRidge', 'NridgHt', 'OldTown', 'SWISU', 'Sawyer', 'SawyerW', 'Somerst',
+        'StoneBr', 'Timber', 'Veenker'),
+    "Condition1": ('Artery', 'Feedr', 'Norm', 'PosA', 'PosN', 'RRAe', 'RRAn', 'RRNe', 'RRNn'),
+    "Condition2": ('Artery', 'Feedr', 'Norm', 'PosA', 'PosN', 'RRAe', 'RRAn', 'RRNn'),
+    "BldgType": ('1Fam', '2fmCon', 'Duplex', 'Twnhs', 'TwnhsE'),
+    "HouseStyle": ('1.5Fin', '1.5Unf', '1Story', '2.5Fin', '2.5Unf', '2Story', 'SFoyer',
+        'SLvl'),
+    "RoofStyle": ('Flat', 'Gable', 'Gambrel', 'Hip', 'Mansard', 'Shed'),
+    "RoofMatl": ('ClyTile', 'CompShg', 'Membran', 'Metal', 'Roll', 'Tar&Grv', 'WdShake',
+        'WdShngl'),
+    "Exterior1st": ('AsbShng', 'AsphShn', 'BrkComm', 'BrkFace', 'CBlock', 'CemntBd', 'HdBoard',
+        'ImStucc', 'MetalSd', 'Plywood', 'Stone', 'Stucco', 'VinylSd', 'Wd Sdng', 'WdShing'),
+    "Exterior2nd": ('AsbShng', 'AsphShn', 'Brk Cmn', 'BrkFace', 'CBlock', 'CmentBd', 'HdBoard',
+        'ImStucc', 'MetalSd', 'Other', 'Plywood', 'Stone', 'Stucco', 'VinylSd', 'Wd Sdng',
+        'Wd Shng'),
+    "MasVnrType": ('BrkCmn', 'BrkFace', 'Stone'),
+    "ExterQual": ('Ex', 'Fa', 'Gd', 'TA'),
+    "ExterCond": ('Ex', 'Fa', 'Gd', 'Po', 'TA'),
+    "Foundation": ('BrkTil', 'CBlock', 'PConc', 'Slab', 'Stone', 'Wood'),
+    "BsmtQual": ('Ex', 'Fa', 'Gd', 'TA'),
+    "BsmtCond": ('Fa', 'Gd', 'Po', 'TA'),
+    "BsmtExposure": ('Av', 'Gd', 'Mn', 'No'),
+    "BsmtFinType1": ('ALQ', 'BLQ', 'GLQ', 'LwQ', 'Rec', 'Unf'),
+    "BsmtFinType2": ('ALQ', 'BLQ', 'GLQ', 'LwQ', 'Rec', 'Unf'),
+    "Heating": ('Floor', 'GasA', 'GasW', 'Grav', 'OthW', 'Wall'),
+    "HeatingQC": ('Ex', 'Fa', 'Gd', 'Po', 'TA'),
+    "CentralAir": ('N', 'Y'),
+    "Electrical": ('FuseA', 'FuseF', 'FuseP', 'Mix', 'SBrkr'),
+    "KitchenQual": ('Ex', 'Fa', 'Gd', 'TA'),
+    "Functional": ('Maj1', 'Maj2', 'Min1', 'Min2', 'Mod', 'Sev', 'Typ'),
+    "FireplaceQu": ('Ex', 'Fa', 'Gd', 'Po', 'TA'),
+    "GarageType": ('2Types', 'Attchd', 'Basment', 'BuiltIn', 'CarPort', 'Detchd'),
+    "GarageFinish": ('Fin', 'RFn', 'Unf'),
+    "GarageQual": ('Ex', 'Fa', 'Gd', 'Po', 'TA'),
+    "GarageCond": ('Ex', 'Fa', 'Gd', 'Po', 'TA'),
+    "PavedDrive": ('N', 'P', 'Y'),
+    "PoolQC": ('Ex', 'Fa', 'Gd'),
+    "Fence": ('GdPrv', 'GdWo', 'MnPrv', 'MnWw'),
+    "MiscFeature": ('Gar2', 'Othr', 'Shed', 'TenC'),
+    "SaleType": ('COD', 'CWD', 'Con', 'ConLD', 'ConLI', 'ConLw', 'New', 'Oth', 'WD'),
+    "SaleCondition": ('Abnorml', 'AdjLand', 'Alloca', 'Family', 'Normal', 'Partial'),
+}
+
 OPENML_DESCRIPTION_URL = "https://api.openml.org/api/v1/json/data/{data_id}"
 OPENML_DOWNLOAD_URL = "https://api.openml.org/data/v1/download/{file_id}"
 
@@ -257,6 +334,107 @@ def _read_csv(path: pathlib.Path):
     raise ValueError(f"could not parse {path} as CSV ({e}); pass an intact file.") from e
 
 
+def _first(mask: np.ndarray) -> int:
+  return int(np.flatnonzero(mask)[0])
+
+
+def validate_frame(frame, source: str, *, targets: Sequence[str] = ()) -> None:
+  """Checks a Kaggle-format table, as read by ``pd.read_csv``, column by column.
+
+  The authors' pipeline label-encodes any column that is not numeric, so a single junk value
+  in a numeric column (``LotFrontage = 'abc'``) silently turns the whole column into
+  category codes. This check runs before it and rejects, naming the file, row and column:
+
+  * a value in one of the :data:`NUMERIC_COLUMNS` that is not a number, or is infinite or
+    negative, or a ``True``/``False`` column;
+  * a value in a categorical column that is not one of its :data:`CATEGORY_LEVELS`
+    (including numbers);
+  * a missing or repeated ``Id``, and a missing value in a ``targets`` column.
+
+  Missing values elsewhere (empty fields, ``NA``) are allowed: the pipeline fills them with
+  0 as the authors do. Columns this module does not know are not checked.
+
+  Args:
+    frame: the raw table (pandas default NA parsing).
+    source: how to name the table in messages, e.g. the file's path.
+    targets: columns that must have no missing values (``LotArea`` for D1, ``SalePrice``
+      for D2).
+
+  Raises:
+    ValueError: naming ``source``, the data row (1-based; line = row + 1, after the header),
+      the column, the value and the fix.
+  """
+  pd = _pandas()
+
+  def where(i: int, name: str) -> str:
+    ident = ""
+    if ID_COLUMN in frame.columns and name != ID_COLUMN:
+      ident = f", Id {frame[ID_COLUMN].iloc[i]}"
+    return f"{source}: row {i + 1} (line {i + 2}{ident}), column {name!r}"
+
+  for name in NUMERIC_COLUMNS:
+    if name not in frame.columns:
+      continue
+    col = frame[name]
+    present = col.notna().to_numpy()
+    if pd.api.types.is_bool_dtype(col.dtype):
+      raise ValueError(f"{where(_first(present), name)}: holds True/False; {name} is a "
+                       "numeric Ames column. Pass the Kaggle values.")
+    if pd.api.types.is_numeric_dtype(col.dtype):
+      values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+      values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+      junk = present & np.isnan(values)
+      if junk.any():
+        i = _first(junk)
+        raise ValueError(
+            f"{where(i, name)}: {col.iloc[i]!r} is not a number ({int(junk.sum())} such "
+            f"value(s) in the column); {name} is a numeric column of the Ames data. Fix the "
+            "value, or leave the field empty for a missing value.")
+    bad = np.isinf(values) | (values < 0)
+    if bad.any():
+      i = _first(bad)
+      what = "infinite" if np.isinf(values[i]) else "negative"
+      raise ValueError(
+          f"{where(i, name)}: {float(values[i])!r} is {what}; every numeric Ames column (counts, areas, ratings, years, prices) is finite and "
+          ">= 0. Fix the value, or leave the field empty for a missing value.")
+  for name, levels in CATEGORY_LEVELS.items():
+    if name not in frame.columns:
+      continue
+    col = frame[name]
+    present = col.notna().to_numpy()
+    known = set(levels)
+    values = col.astype(object).to_numpy()
+    unknown = present & np.array([v not in known for v in values], dtype=bool)
+    if unknown.any():
+      i = _first(unknown)
+      raise ValueError(
+          f"{where(i, name)}: {values[i]!r} is not a category of {name} ({int(unknown.sum())} "
+          f"such value(s); known: {', '.join(levels)}). Fix the value, or leave the field "
+          "empty for a missing value.")
+  if ID_COLUMN in frame.columns:
+    ids = frame[ID_COLUMN]
+    if ids.isna().any():
+      raise ValueError(f"{where(_first(ids.isna().to_numpy()), ID_COLUMN)}: the Id is missing; "
+                       "every row needs its Kaggle Id.")
+    dup = ids.duplicated().to_numpy()
+    if dup.any():
+      i = _first(dup)
+      raise ValueError(f"{where(i, ID_COLUMN)}: Id {ids.iloc[i]} is repeated; every row needs "
+                       "its own Kaggle Id (remove the duplicate row).")
+  for name in targets:
+    if name in frame.columns and frame[name].isna().any():
+      i = _first(frame[name].isna().to_numpy())
+      raise ValueError(f"{where(i, name)}: the target {name} is missing (the pipeline would "
+                       "fill it with 0); drop the row or fill in the value.")
+
+
+def _read_table(path: pathlib.Path, targets: Sequence[str]):
+  frame = _read_csv(path)
+  validate_frame(frame, str(path), targets=targets)
+  return frame
+
+
 def read_d1_d2(data_dir: PathLike):
   """Reads D1 (MSZoning != "RL") and D2 (MSZoning == "RL") as raw pandas frames.
 
@@ -274,9 +452,10 @@ def read_d1_d2(data_dir: PathLike):
         f"data_dir {str(d)!r} is not a directory; pass the folder holding D1.csv and D2.csv "
         "(or Kaggle's train.csv).")
   if (d / "D1.csv").is_file() and (d / "D2.csv").is_file():
-    return _read_csv(d / "D1.csv"), _read_csv(d / "D2.csv"), "D1/D2"
+    return (_read_table(d / "D1.csv", (LABEL_P,)), _read_table(d / "D2.csv", (LABEL_H,)),
+            "D1/D2")
   if (d / "train.csv").is_file():
-    frame = _read_csv(d / "train.csv")
+    frame = _read_table(d / "train.csv", (LABEL_P, LABEL_H))
     if ZONING_COLUMN not in frame.columns:
       raise ValueError(
           f"{d / 'train.csv'} has no {ZONING_COLUMN!r} column, which the D1/D2 split "
@@ -490,6 +669,9 @@ def download_openml_house_prices(
   fd, tmp = tempfile.mkstemp(dir=cache, suffix=".csv.tmp")
   with os.fdopen(fd, "w", encoding="utf-8") as f:
     f.write(buf.getvalue())
+  mask = os.umask(0o022)
+  os.umask(mask)
+  os.chmod(tmp, 0o666 & ~mask)   # the user's umask, not mkstemp's 0600
   target = cache / "train.csv"
   os.replace(tmp, target)
   return target
