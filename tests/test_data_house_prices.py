@@ -398,7 +398,8 @@ def _corrupt_copy(house_dir, tmp_path, file, row, column, value):
 
 
 @pytest.mark.parametrize("file, row, column, value, match", [
-    ("D1.csv", 5, "LotFrontage", "abc", r"D1\.csv: row 5 \(line 6, Id 30\), column 'LotFrontage': 'abc' is not a number"),
+    ("D1.csv", 5, "LotFrontage", "abc",
+     r"D1\.csv: row 5 \(line 6, Id 30\), column 'LotFrontage': 'abc' is not a number"),
     ("D2.csv", 7, "GrLivArea", "-5", r"D2\.csv: row 7 .*'GrLivArea': -5\.0 is negative"),
     ("D1.csv", 2, "MSSubClass", "inf", r"D1\.csv: row 2 .*'MSSubClass': inf is infinite"),
     ("D2.csv", 3, "Street", "Paved", r"D2\.csv: row 3 .*'Street': 'Paved' is not a category"),

@@ -396,8 +396,9 @@ def validate_frame(frame, source: str, *, targets: Sequence[str] = ()) -> None:
       i = _first(bad)
       what = "infinite" if np.isinf(values[i]) else "negative"
       raise ValueError(
-          f"{where(i, name)}: {float(values[i])!r} is {what}; every numeric Ames column (counts, areas, ratings, years, prices) is finite and "
-          ">= 0. Fix the value, or leave the field empty for a missing value.")
+          f"{where(i, name)}: {float(values[i])!r} is {what}; every numeric Ames column "
+          "(counts, areas, ratings, years, prices) is finite and >= 0. Fix the value, or "
+          "leave the field empty for a missing value.")
   for name, levels in CATEGORY_LEVELS.items():
     if name not in frame.columns:
       continue
