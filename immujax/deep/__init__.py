@@ -61,6 +61,7 @@ from immujax.deep.evaluate import rir_theta0
 from immujax.deep.finetune import ADAPTERS
 from immujax.deep.finetune import ATTACKS
 from immujax.deep.finetune import FinetuneSpec
+from immujax.deep.finetune import FinetuneCurve
 from immujax.deep.finetune import FinetuneState
 from immujax.deep.finetune import ProbeCurve
 from immujax.deep.finetune import adapted_stage

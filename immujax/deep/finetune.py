@@ -394,14 +394,29 @@ def _compiled(spec: FinetuneSpec, eval_batch_size: int):
   return train_step, evaluate
 
 
+class FinetuneCurve(NamedTuple):
+  """A fine-tuning attack's trajectory, scored every ``eval_every`` steps.
+
+  Attributes:
+    steps: ``(K + 1,)`` attack steps at the evaluation points: 0, e, 2e, …, ``steps``.
+    test_accuracy: ``(K + 1,)`` harmful test accuracy in % at those points.
+    train_loss: ``(K + 1,)`` the mean minibatch cross-entropy of the steps since the previous
+      point (each measured before its update); at step 0 the loss of the zero head, log C_H.
+  """
+  steps: np.ndarray
+  test_accuracy: np.ndarray
+  train_loss: np.ndarray
+
+
 def finetune_curve(spec: FinetuneSpec, extractor: dict, frozen: dict, x_train, y_train,
-                   x_test, y_test, key: Array, *, epochs: int, lr: float,
-                   eval_batch_size: int = 256) -> ProbeCurve:
-  """Full fine-tuning or LoRA of the immunized stage: harmful test accuracy per epoch.
+                   x_test, y_test, key: Array, *, steps: int, eval_every: int, lr: float,
+                   eval_batch_size: int = 256) -> FinetuneCurve:
+  """Full fine-tuning or LoRA of the immunized stage: harmful test accuracy over steps.
 
   The attacker starts from the released stage θ (``extractor``) with a zero head and takes
-  ``epochs · ⌊N/B⌋`` optimizer steps (minibatches :func:`batch_indices` of ``(key, step)``),
-  scoring the harmful test accuracy and the training loss at step 0 and after each epoch.
+  ``steps`` optimizer steps on minibatches :func:`batch_indices` of ``(key, step)`` (epochs
+  of ``⌊N/B⌋`` batches, drop_last), scoring the harmful test accuracy at step 0 and after
+  every ``eval_every`` steps.
 
   Args:
     spec: the :class:`FinetuneSpec`.
@@ -412,26 +427,31 @@ def finetune_curve(spec: FinetuneSpec, extractor: dict, frozen: dict, x_train, y
     x_test, y_test: the harmful test split, likewise.
     key: PRNG key: ``fold_in(key, 0)`` orders the minibatches, ``fold_in(key, 1)`` draws
       LoRA's ``A``.
-    epochs: attack epochs (≥ 1).
+    steps: attack steps, a multiple of ``eval_every``.
+    eval_every: steps between evaluations.
     lr: learning rate.
     eval_batch_size: batch size of the evaluations.
 
   Returns:
-    :class:`ProbeCurve` with ``(epochs + 1,)`` numpy arrays (test accuracy in %, mean
-    training cross-entropy over the whole training split).
+    :class:`FinetuneCurve` of numpy arrays.
   """
   n = int(x_train.shape[0])
   if n != int(np.shape(y_train)[0]) or int(x_test.shape[0]) != int(np.shape(y_test)[0]):
     raise ValueError("inputs and labels must have equal lengths: check `x_train`/`y_train` "
                      "and `x_test`/`y_test`.")
+  if int(x_test.shape[0]) == 0:
+    raise ValueError("`x_test` is empty; pass the harmful test split.")
   if spec.batch_size > n:
     raise ValueError(f"`spec.batch_size` ({spec.batch_size}) exceeds the training split "
                      f"({n}); lower it.")
-  if epochs < 1 or not np.isfinite(lr) or lr <= 0:
-    raise ValueError(f"`epochs` must be ≥ 1 and `lr` a positive number; got {epochs}, {lr}.")
+  if eval_every < 1 or steps < 1 or steps % eval_every:
+    raise ValueError(f"`steps` ({steps}) must be a positive multiple of `eval_every` "
+                     f"({eval_every}).")
+  if not np.isfinite(lr) or lr <= 0:
+    raise ValueError(f"`lr` must be a finite number > 0; got {lr}.")
   for name, y in (("y_train", y_train), ("y_test", y_test)):
     y = np.asarray(y)
-    if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
+    if y.min() < 0 or y.max() >= spec.num_classes:
       raise ValueError(f"`{name}` must hold labels in [0, {spec.num_classes}); got "
                        f"[{y.min()}, {y.max()}].")
   train_step, evaluate = _compiled(spec, eval_batch_size)
@@ -439,18 +459,17 @@ def finetune_curve(spec: FinetuneSpec, extractor: dict, frozen: dict, x_train, y
                         feature_dim=feature_dim(spec, extractor, frozen, x_train))
   x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
   lr = jnp.asarray(lr, jnp.float64)
-  per_epoch = n // spec.batch_size
   order = jax.random.fold_in(key, 0)
-  accs, losses = [], []
-
-  def record():
-    accs.append(evaluate(state.params, extractor, frozen, x_test, y_test)[0])
-    losses.append(evaluate(state.params, extractor, frozen, x_train, y_train)[1])
-
-  record()
-  for t in range(epochs * per_epoch):
-    state, _ = train_step(state, extractor, frozen, x_train, y_train, order,
-                          jnp.asarray(t), lr)
-    if (t + 1) % per_epoch == 0:
-      record()
-  return ProbeCurve(np.asarray(accs), np.asarray(losses))
+  points = [0]
+  accs = [evaluate(state.params, extractor, frozen, x_test, y_test)[0]]
+  losses, pending = [float(np.log(spec.num_classes))], []
+  for t in range(steps):
+    state, loss = train_step(state, extractor, frozen, x_train, y_train, order,
+                             jnp.asarray(t), lr)
+    pending.append(loss)
+    if (t + 1) % eval_every == 0:
+      points.append(t + 1)
+      accs.append(evaluate(state.params, extractor, frozen, x_test, y_test)[0])
+      losses.append(float(np.mean(np.asarray(jnp.stack(pending)))))
+      pending = []
+  return FinetuneCurve(np.asarray(points), np.asarray(accs), np.asarray(losses))
