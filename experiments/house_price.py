@@ -108,7 +108,7 @@ def main(argv):
     return
 
   ev = jax.tree.map(lambda a: np.asarray(a)[0], sweep.evaluate(state, tasks, kappa=cfg.kappa))
-  bound = metrics.rir_upper_bound(task.k_p, task.k_h)
+  bound = metrics.rir_upper_bound(k_p=task.k_p, k_h=task.k_h)
   params = jax.tree.map(lambda a: a[0], state.params)
 
   # Definition 3.1(c): the D_P loss a fresh probe reaches on θ_I, vs on the identity.

@@ -16,11 +16,24 @@ pencil (K_H, K_P), with equality at the whitening θ = K_P^{-1/2}; hence
 RIR ≤ (γ_max/γ_min)·κ(K_P)/κ(K_H). With singular K_P the pencil is restricted to range(K_P);
 if null(K_P) ⊄ null(K_H), RIR is unbounded — a θ-direction in null(K_P) inflates κ(H_H)
 without touching H_P — and :func:`rir_upper_bound` says so.
+
+Argument convention (the whole public API): the one positional argument is the object being
+evaluated (θ, S, X); covariances, references and any other same-shaped arrays whose swap
+would change the answer are keyword-only::
+
+    relative_immunization_ratio(theta, k_p=K_P, k_h=K_H)
+    rir_from_hessians(h_p=..., h_h=..., h_p_ref=..., h_h_ref=...)
+    rir_from_features(phi_p=..., phi_h=..., phi_p_ref=..., phi_h_ref=...)
+    rir_upper_bound(k_p=K_P, k_h=K_H)
+
+The old all-positional calls (``relative_immunization_ratio(k_p, k_h, theta)`` etc.) still
+work for one release and emit a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +51,26 @@ class RIR(NamedTuple):
   rir: Array      # (i) / (ii)
 
 
+def _positional(fn: str, old: tuple[str, ...], args: tuple, given: dict,
+                new: str | None = None) -> dict:
+  """Maps a deprecated all-positional call onto the keyword-only names (with a warning)."""
+  new = new or ", ".join(f"{n}={n}" for n in old)
+  if len(args) != len(old) or any(given[n] is not None for n in old):
+    raise TypeError(f"{fn}() takes its arrays as keywords: {fn}({new}); got {len(args)} "
+                    "positional argument(s).")
+  warnings.warn(
+      f"{fn}({', '.join(old)}) with positional arrays is deprecated and will be removed in the "
+      f"next release; call {fn}({new}).", DeprecationWarning, stacklevel=3)
+  return dict(zip(old, args))
+
+
+def _require(fn: str, given: dict) -> None:
+  missing = [n for n, v in given.items() if v is None]
+  if missing:
+    raise TypeError(f"{fn}() is missing the keyword argument(s) "
+                    f"{', '.join(f'{n}=' for n in missing)}.")
+
+
 def _log_kappa_fn(kappa: str | LogKappa, rtol: float | None) -> LogKappa:
   if callable(kappa):
     return kappa
@@ -50,11 +83,14 @@ def _log_kappa_fn(kappa: str | LogKappa, rtol: float | None) -> LogKappa:
       f"1e-6 recipe) or a callable S -> log κ(S); got {kappa!r}.")
 
 
-def rir_from_hessians(h_p, h_h, h_p_ref, h_h_ref, *, kappa: str | LogKappa = "pinv",
-                      rtol: float | None = None) -> RIR:
-  """RIR from the four probe Hessians (or feature Grams ΦᵀΦ, Eq. 18).
+def rir_from_hessians(*args, h_p=None, h_h=None, h_p_ref=None, h_h_ref=None,
+                      kappa: str | LogKappa = "pinv", rtol: float | None = None) -> RIR:
+  """RIR from the four probe Hessians (or feature Grams ΦᵀΦ, Eq. 18), all keyword-only.
+
+  ``rir_from_hessians(h_p, h_h, h_p_ref, h_h_ref)`` (positional) is deprecated.
 
   Args:
+    *args: deprecated positional form of the four Hessians.
     h_p: ``H_P`` of the immunized extractor, ``(D, D)``.
     h_h: ``H_H`` of the immunized extractor, ``(D, D)``.
     h_p_ref: ``H_P`` of the reference extractor, ``(D', D')``.
@@ -65,6 +101,11 @@ def rir_from_hessians(h_p, h_h, h_p_ref, h_h_ref, *, kappa: str | LogKappa = "pi
   Returns:
     :class:`RIR`.
   """
+  given = {"h_p": h_p, "h_h": h_h, "h_p_ref": h_p_ref, "h_h_ref": h_h_ref}
+  if args:
+    given = _positional("rir_from_hessians", tuple(given), args, given)
+  _require("rir_from_hessians", given)
+  h_p, h_h, h_p_ref, h_h_ref = given.values()
   log_kappa = _log_kappa_fn(kappa, rtol)
   mats = [spectral.check_symmetric_matrix(m, n) for m, n in
           ((h_p, "h_p"), (h_h, "h_h"), (h_p_ref, "h_p_ref"), (h_h_ref, "h_h_ref"))]
@@ -78,15 +119,20 @@ def rir_from_hessians(h_p, h_h, h_p_ref, h_h_ref, *, kappa: str | LogKappa = "pi
   return RIR(jnp.exp(log_h), jnp.exp(log_p), jnp.exp(log_h - log_p))
 
 
-def relative_immunization_ratio(k_p, k_h, theta, *, theta0=None,
+def relative_immunization_ratio(theta, *args, k_p=None, k_h=None, theta0=None,
                                 kappa: str | LogKappa = "pinv",
                                 rtol: float | None = None) -> RIR:
   """RIR of a linear extractor (Eq. 15), or RIR_θ0 (Eq. 17) when ``theta0`` is given.
 
+  Call it as ``relative_immunization_ratio(theta, k_p=K_P, k_h=K_H)``. The old order
+  ``relative_immunization_ratio(k_p, k_h, theta)`` (three positional arguments) still works
+  for one release, with a ``DeprecationWarning``.
+
   Args:
-    k_p: pre-training covariance ``X_PᵀX_P``, ``(D_in, D_in)``.
-    k_h: harmful covariance ``X_HᵀX_H``, ``(D_in, D_in)``.
     theta: immunized extractor ``(D_in, D_hid)``.
+    *args: deprecated: ``(k_h, theta)`` of the old ``(k_p, k_h, theta)`` order.
+    k_p: pre-training covariance ``X_PᵀX_P``, ``(D_in, D_in)`` (keyword-only).
+    k_h: harmful covariance ``X_HᵀX_H``, ``(D_in, D_in)`` (keyword-only).
     theta0: reference extractor ``(D_in, D_hid')``; ``None`` means the identity (Eq. 15), so
       the reference Hessians are ``K_P`` and ``K_H`` themselves.
     kappa: ``"pinv"`` (default), ``"authors"`` or a callable returning log κ.
@@ -98,9 +144,15 @@ def relative_immunization_ratio(k_p, k_h, theta, *, theta0=None,
   Example:
     >>> import jax.numpy as jnp
     >>> k = jnp.diag(jnp.array([3.0, 2.0, 1.0]))
-    >>> float(relative_immunization_ratio(k, k, jnp.eye(3)).rir)
+    >>> float(relative_immunization_ratio(jnp.eye(3), k_p=k, k_h=k).rir)
     1.0
   """
+  if args:
+    old = _positional("relative_immunization_ratio", ("k_p", "k_h", "theta"), (theta, *args),
+                      {"k_p": k_p, "k_h": k_h, "theta": None},
+                      new="theta, k_p=k_p, k_h=k_h")
+    k_p, k_h, theta = old["k_p"], old["k_h"], old["theta"]
+  _require("relative_immunization_ratio", {"k_p": k_p, "k_h": k_h})
   k_p = spectral.check_symmetric_matrix(k_p, "k_p")
   k_h = spectral.check_symmetric_matrix(k_h, "k_h")
   h_p, h_h = spectral.hessian(theta, k_p), spectral.hessian(theta, k_h)
@@ -109,14 +161,18 @@ def relative_immunization_ratio(k_p, k_h, theta, *, theta0=None,
     h_p0, h_h0 = 0.5 * (k_p + k_p.T), 0.5 * (k_h + k_h.T)
   else:
     h_p0, h_h0 = spectral.hessian(theta0, k_p), spectral.hessian(theta0, k_h)
-  return rir_from_hessians(h_p, h_h, h_p0, h_h0, kappa=kappa, rtol=rtol)
+  return rir_from_hessians(h_p=h_p, h_h=h_h, h_p_ref=h_p0, h_h_ref=h_h0, kappa=kappa,
+                           rtol=rtol)
 
 
-def rir_from_features(phi_p, phi_h, phi_p_ref, phi_h_ref, *,
+def rir_from_features(*args, phi_p=None, phi_h=None, phi_p_ref=None, phi_h_ref=None,
                       kappa: str | LogKappa = "pinv", rtol: float | None = None) -> RIR:
-  """RIR_θ0 of Eq. 17 from features: ``H̃(θ) = X̃(θ)ᵀX̃(θ)`` (Eq. 18).
+  """RIR_θ0 of Eq. 17 from features: ``H̃(θ) = X̃(θ)ᵀX̃(θ)`` (Eq. 18), all keyword-only.
+
+  ``rir_from_features(phi_p, phi_h, phi_p_ref, phi_h_ref)`` (positional) is deprecated.
 
   Args:
+    *args: deprecated positional form of the four feature matrices.
     phi_p: features of a D_P sample under the immunized extractor, ``(N, D_hid)``.
     phi_h: features of a D_H sample under the immunized extractor, ``(N, D_hid)``.
     phi_p_ref: the same D_P sample under θ0, ``(N, D_hid)``.
@@ -126,8 +182,13 @@ def rir_from_features(phi_p, phi_h, phi_p_ref, phi_h_ref, *,
   Returns:
     :class:`RIR`.
   """
-  grams = [spectral.covariance(f) for f in (phi_p, phi_h, phi_p_ref, phi_h_ref)]
-  return rir_from_hessians(*grams, kappa=kappa, rtol=rtol)
+  given = {"phi_p": phi_p, "phi_h": phi_h, "phi_p_ref": phi_p_ref, "phi_h_ref": phi_h_ref}
+  if args:
+    given = _positional("rir_from_features", tuple(given), args, given)
+  _require("rir_from_features", given)
+  g = [spectral.covariance(f) for f in given.values()]
+  return rir_from_hessians(h_p=g[0], h_h=g[1], h_p_ref=g[2], h_h_ref=g[3], kappa=kappa,
+                           rtol=rtol)
 
 
 def _range_basis(k: Array, rtol: float | None):
@@ -174,10 +235,14 @@ class RIRBound(NamedTuple):
   leak: Array
 
 
-def rir_upper_bound(k_p, k_h, *, rtol: float | None = None) -> RIRBound:
+def rir_upper_bound(*args, k_p=None, k_h=None, rtol: float | None = None) -> RIRBound:
   """Closed-form limit of RIR for linear extractors (see module docstring and BUILD_NOTES).
 
+  Call it as ``rir_upper_bound(k_p=K_P, k_h=K_H)``; ``rir_upper_bound(k_p, k_h)``
+  (positional) is deprecated.
+
   Args:
+    *args: deprecated positional ``(k_p, k_h)``.
     k_p: ``X_PᵀX_P``, ``(D_in, D_in)``.
     k_h: ``X_HᵀX_H``, ``(D_in, D_in)``.
     rtol: relative tolerance for ranges and null spaces (default ``D_in · eps``).
@@ -185,8 +250,12 @@ def rir_upper_bound(k_p, k_h, *, rtol: float | None = None) -> RIRBound:
   Returns:
     :class:`RIRBound`.
   """
-  k_p = spectral.check_symmetric_matrix(k_p, "k_p")
-  k_h = spectral.check_symmetric_matrix(k_h, "k_h")
+  given = {"k_p": k_p, "k_h": k_h}
+  if args:
+    given = _positional("rir_upper_bound", ("k_p", "k_h"), args, given)
+  _require("rir_upper_bound", given)
+  k_p = spectral.check_symmetric_matrix(given["k_p"], "k_p")
+  k_h = spectral.check_symmetric_matrix(given["k_h"], "k_h")
   if k_p.shape != k_h.shape:
     raise ValueError(f"`k_p` {k_p.shape} and `k_h` {k_h.shape} must have the same shape.")
   w = whitening_extractor(k_p, rtol=rtol)

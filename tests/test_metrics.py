@@ -11,9 +11,9 @@ def test_rir_against_itself_is_exactly_one():
   rng = np.random.default_rng(0)
   k_p, k_h = random_psd(rng, 5, 4), random_psd(rng, 5, 3)
   theta0 = rng.normal(size=(5, 5))
-  r = ij.relative_immunization_ratio(k_p, k_h, theta0, theta0=theta0)
+  r = ij.relative_immunization_ratio(theta0, k_p=k_p, k_h=k_h, theta0=theta0)
   assert float(r.rir) == 1.0 and float(r.ratio_h) == 1.0 and float(r.ratio_p) == 1.0
-  r = ij.relative_immunization_ratio(k_p, k_h, np.eye(5))
+  r = ij.relative_immunization_ratio(np.eye(5), k_p=k_p, k_h=k_h)
   assert float(r.rir) == 1.0
 
 
@@ -21,7 +21,7 @@ def test_rir_factors_match_definition():
   rng = np.random.default_rng(1)
   k_p, k_h = random_psd(rng, 5), random_psd(rng, 5)
   theta = rng.normal(size=(5, 5))
-  r = ij.relative_immunization_ratio(k_p, k_h, theta)
+  r = ij.relative_immunization_ratio(theta, k_p=k_p, k_h=k_h)
   kap = lambda s: np.linalg.cond(s)
   ratio_h = kap(theta.T @ k_h @ theta) / kap(k_h)
   ratio_p = kap(theta.T @ k_p @ theta) / kap(k_p)
@@ -34,8 +34,9 @@ def test_rir_from_features_equals_rir_from_extractors():
   rng = np.random.default_rng(2)
   x_p, x_h = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
   theta, theta0 = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
-  a = ij.rir_from_features(x_p @ theta, x_h @ theta, x_p @ theta0, x_h @ theta0)
-  b = ij.relative_immunization_ratio(ij.covariance(x_p), ij.covariance(x_h), theta,
+  a = ij.rir_from_features(phi_p=x_p @ theta, phi_h=x_h @ theta, phi_p_ref=x_p @ theta0,
+                           phi_h_ref=x_h @ theta0)
+  b = ij.relative_immunization_ratio(theta, k_p=ij.covariance(x_p), k_h=ij.covariance(x_h),
                                      theta0=theta0)
   np.testing.assert_allclose(a.rir, b.rir, rtol=1e-9)
 
@@ -43,10 +44,10 @@ def test_rir_from_features_equals_rir_from_extractors():
 def test_rir_upper_bound_holds_and_whitening_attains_it():
   rng = np.random.default_rng(3)
   k_p, k_h = random_psd(rng, 6, spread=50), random_psd(rng, 6, spread=50)
-  bound = ij.rir_upper_bound(k_p, k_h)
+  bound = ij.rir_upper_bound(k_p=k_p, k_h=k_h)
   assert bool(bound.bounded)
   w = ij.whitening_extractor(k_p)
-  attained = ij.relative_immunization_ratio(k_p, k_h, w)
+  attained = ij.relative_immunization_ratio(w, k_p=k_p, k_h=k_h)
   np.testing.assert_allclose(attained.rir, bound.rir_on_range, rtol=1e-8)
   np.testing.assert_allclose(attained.ratio_p * np.linalg.cond(k_p), 1.0, rtol=1e-8)
   # Generalized eigenvalues of the pencil (K_H, K_P).
@@ -54,7 +55,7 @@ def test_rir_upper_bound_holds_and_whitening_attains_it():
   np.testing.assert_allclose(bound.pencil_kappa, gam[-1] / gam[0], rtol=1e-8)
   # No random invertible θ beats it.
   thetas = rng.normal(size=(200, 6, 6))
-  rirs = jax.vmap(lambda t: ij.relative_immunization_ratio(k_p, k_h, t).rir)(thetas)
+  rirs = jax.vmap(lambda t: ij.relative_immunization_ratio(t, k_p=k_p, k_h=k_h).rir)(thetas)
   assert np.all(rirs <= bound.rir_on_range * (1 + 1e-9))
 
 
@@ -66,13 +67,13 @@ def test_rir_unbounded_when_null_kp_not_inside_null_kh():
   x_p[:, 4] = 0.0  # a pixel that is always 0 for the pre-training digit
   x_h = rng.normal(size=(40, 5))
   k_p, k_h = ij.covariance(x_p), ij.covariance(x_h)
-  bound = ij.rir_upper_bound(k_p, k_h)
+  bound = ij.rir_upper_bound(k_p=k_p, k_h=k_h)
   assert not bool(bound.bounded) and float(bound.leak) > 1e-3
   v = np.eye(5)[4]
   rirs, ratio_ps = [], []
   for t in (1.0, 10.0, 100.0, 1000.0):
     theta = np.eye(5) + t * np.outer(v, v)
-    r = ij.relative_immunization_ratio(k_p, k_h, theta)
+    r = ij.relative_immunization_ratio(theta, k_p=k_p, k_h=k_h)
     rirs.append(float(r.rir))
     ratio_ps.append(float(r.ratio_p))
   np.testing.assert_allclose(ratio_ps, 1.0, rtol=1e-9)  # H_P untouched
@@ -85,18 +86,53 @@ def test_bounded_case_when_null_spaces_nest():
   x_p, x_h = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))
   x_p[:, 4] = 0.0
   x_h[:, 4] = 0.0
-  assert bool(ij.rir_upper_bound(ij.covariance(x_p), ij.covariance(x_h)).bounded)
+  assert bool(ij.rir_upper_bound(k_p=ij.covariance(x_p), k_h=ij.covariance(x_h)).bounded)
 
 
 def test_authors_kappa_option_and_bad_kappa():
   rng = np.random.default_rng(6)
   k_p, k_h = random_psd(rng, 5), random_psd(rng, 5)
-  r = ij.relative_immunization_ratio(k_p, k_h, np.eye(5), kappa="authors")
+  r = ij.relative_immunization_ratio(np.eye(5), k_p=k_p, k_h=k_h, kappa="authors")
   assert float(r.rir) == 1.0
   with pytest.raises(ValueError, match="`kappa`"):
-    ij.relative_immunization_ratio(k_p, k_h, np.eye(5), kappa="nope")
+    ij.relative_immunization_ratio(np.eye(5), k_p=k_p, k_h=k_h, kappa="nope")
 
 
 def test_accuracy():
   assert float(ij.accuracy(np.array([[0.1, 0.9], [2.0, 1.0]]), np.array([1, 1]))) == 0.5
   assert float(ij.accuracy(np.array([1.0, -1.0]), np.array([1, 0]))) == 1.0
+
+
+def test_old_positional_order_still_works_with_a_deprecation_warning():
+  rng = np.random.default_rng(7)
+  k_p, k_h = random_psd(rng, 4), random_psd(rng, 4)
+  theta, theta0 = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+  new = ij.relative_immunization_ratio(theta, k_p=k_p, k_h=k_h, theta0=theta0)
+  with pytest.warns(DeprecationWarning, match=r"relative_immunization_ratio\(theta, k_p=k_p"):
+    old = ij.relative_immunization_ratio(k_p, k_h, theta, theta0=theta0)
+  np.testing.assert_array_equal(old.rir, new.rir)
+  hs = [ij.hessian(t, k) for t in (theta, theta0) for k in (k_p, k_h)]
+  with pytest.warns(DeprecationWarning, match="rir_from_hessians"):
+    np.testing.assert_array_equal(ij.rir_from_hessians(*hs).rir, new.rir)
+  x_p, x_h = rng.normal(size=(9, 4)), rng.normal(size=(9, 4))
+  phis = (x_p @ theta, x_h @ theta, x_p @ theta0, x_h @ theta0)
+  with pytest.warns(DeprecationWarning, match="rir_from_features"):
+    old = ij.rir_from_features(*phis)
+  np.testing.assert_array_equal(old.rir, ij.rir_from_features(
+      phi_p=phis[0], phi_h=phis[1], phi_p_ref=phis[2], phi_h_ref=phis[3]).rir)
+  with pytest.warns(DeprecationWarning, match="rir_upper_bound"):
+    old = ij.rir_upper_bound(k_p, k_h)
+  np.testing.assert_array_equal(old.rir_on_range,
+                                ij.rir_upper_bound(k_p=k_p, k_h=k_h).rir_on_range)
+
+
+def test_new_convention_rejects_ambiguous_calls():
+  k = np.eye(3)
+  with pytest.raises(TypeError, match="keyword"):
+    ij.relative_immunization_ratio(k, k)          # two positionals: neither form
+  with pytest.raises(TypeError, match="missing the keyword argument"):
+    ij.relative_immunization_ratio(k, k_p=k)
+  with pytest.raises(TypeError, match="keyword"):
+    ij.rir_from_hessians(k, k, k)
+  with pytest.raises(TypeError, match="keyword"):
+    ij.rir_upper_bound(k, k_p=k)
