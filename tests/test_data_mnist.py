@@ -65,7 +65,12 @@ def test_normalize_pixels_constants():
         ("truncated", "truncated or corrupt"),
         ("not_gzip", "corrupt"),
         ("missing", "has no train-labels-idx1-ubyte.gz"),
-        ("count", "labels of shape"),
+        ("count", r"train-images-idx3-ubyte\.gz holds 20 images but .*train-labels-idx1-ubyte"
+                  r"\.gz holds labels of shape \(19,\)"),
+        ("label_range", r"train-labels-idx1-ubyte\.gz: label 3 is 12, not a digit"),
+        ("shape", r"train-images-idx3-ubyte\.gz holds images of shape \(20, 20, 20\)"),
+        ("header", r"truncated inside its header"),
+        ("empty_file", r"only 0 bytes long"),
     ],
 )
 def test_idx_errors(tmp_path, corruption, match):
@@ -85,6 +90,18 @@ def test_idx_errors(tmp_path, corruption, match):
   elif corruption == "missing":
     lab.unlink()
     error = FileNotFoundError
+  elif corruption == "label_range":
+    bad = labels.copy()
+    bad[3] = 12
+    _write_idx(lab, bad, 2049)
+  elif corruption == "shape":
+    _write_idx(img, images[:, :20, :20], 2051)
+  elif corruption == "header":
+    with gzip.open(img, "wb") as f:
+      f.write(bytes.fromhex("00000803") + b"\x00\x00")
+  elif corruption == "empty_file":
+    with gzip.open(img, "wb") as f:
+      f.write(b"")
   else:
     _write_idx(lab, labels[:-1], 2049)
   with pytest.raises(error, match=match):

@@ -293,8 +293,15 @@ def train_transform(image: np.ndarray, rng: np.random.Generator, *, size: int = 
 def load_image(path: str | os.PathLike) -> np.ndarray:
   """Reads an image file as uint8 (H, W, 3) RGB (grayscale, palette, CMYK converted)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(path) as im:
-    return np.asarray(im.convert("RGB"))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"image {os.fspath(path)!r} does not exist or is not a file.")
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(
+        f"could not read image {os.fspath(path)!r} ({type(e).__name__}: {e}); the file is "
+        "corrupt or not an image: replace it or remove it from the folder.") from e
 
 
 class ImageFolder:

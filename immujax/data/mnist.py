@@ -188,16 +188,23 @@ def _load_idx(mnist_dir: Optional[PathLike], split: str) -> tuple[np.ndarray, np
         f"mnist_dir {str(directory)!r} is not a directory; pass the folder with the IDX files.")
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test' for source='idx', got {split!r}.")
-  images = read_idx(_find_idx(directory, split, "images"), magic=_IMAGES_MAGIC)
-  labels = read_idx(_find_idx(directory, split, "labels"), magic=_LABELS_MAGIC)
+  images_path = _find_idx(directory, split, "images")
+  labels_path = _find_idx(directory, split, "labels")
+  images = read_idx(images_path, magic=_IMAGES_MAGIC)
+  labels = read_idx(labels_path, magic=_LABELS_MAGIC)
   if images.ndim != 3 or images.shape[1:] != (28, 28):
-    raise ValueError(f"the {split} images have shape {images.shape}, expected (n, 28, 28).")
+    raise ValueError(f"{images_path} holds images of shape {images.shape}, expected "
+                     "(n, 28, 28); pass the standard MNIST IDX file.")
   if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
     raise ValueError(
-        f"the {split} split has {images.shape[0]} images but labels of shape {labels.shape}; "
-        "pass matching IDX files.")
+        f"{images_path} holds {images.shape[0]} images but {labels_path} holds labels of shape "
+        f"{labels.shape}; pass the matching pair of IDX files.")
   if labels.size and labels.max() >= NUM_CLASSES:
-    raise ValueError(f"the {split} labels contain {int(labels.max())} > 9; the file is corrupt.")
+    i = int(np.argmax(labels >= NUM_CLASSES))
+    raise ValueError(f"{labels_path}: label {i} is {int(labels[i])}, not a digit 0..9; the file "
+                     "is corrupt, re-download it.")
+  if images.shape[0] == 0:
+    raise ValueError(f"{images_path} holds no images; pass the standard MNIST IDX file.")
   return images.reshape(-1, NUM_PIXELS), labels.astype(np.int64)
 
 
