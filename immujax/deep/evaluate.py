@@ -162,3 +162,33 @@ def relative_finetuning_difficulty(acc_reference, acc_immunized) -> np.ndarray:
     raise ValueError(f"`acc_immunized` {ai.shape} does not broadcast against "
                      f"`acc_reference` {a0.shape}; pass curves over the same points.") from e
   return 100.0 * np.mean(gap, axis=-1)
+
+
+def table3_row(model: nn.Module, variables: dict, x_p, x_h, phi_p0, phi_h0, x_p_test,
+               y_p_test, key: Array, *, n_groups: int = 20, group_size: int = 100,
+               kappa: str = "pinv", batch_size: int = 256, from_trunk: bool = False) -> dict:
+  """One immunized model's row of Table 3: ratios (i), (ii), RIR_θ0 and D_P test accuracy.
+
+  Args:
+    model: the model.
+    variables: the immunized model's variables (θ_I, its head, the frozen rest).
+    x_p, x_h: D_P and D_H pools for the RIR_θ0 groups (trunk outputs if ``from_trunk``).
+    phi_p0, phi_h0: θ0's features of the same pools.
+    x_p_test, y_p_test: the D_P test split for the accuracy.
+    key: PRNG key of the groups (:func:`rir_theta0`).
+    n_groups, group_size, kappa: as :func:`rir_theta0`.
+    batch_size: inference batch size.
+    from_trunk: inputs are trunk outputs.
+
+  Returns:
+    ``{"ratio_h", "ratio_p", "rir_theta0", "rir_theta0_group_std", "dp_accuracy"}`` (floats;
+    the ratios are the means over groups, the accuracy in %).
+  """
+  def feats(x):
+    return apply_in_batches(model, variables, x, batch_size=batch_size, from_trunk=from_trunk)
+  r = rir_theta0(feats(x_p), feats(x_h), phi_p0, phi_h0, key, n_groups=n_groups,
+                 group_size=group_size, kappa=kappa)
+  return {"ratio_h": r.mean["ratio_h"], "ratio_p": r.mean["ratio_p"],
+          "rir_theta0": r.mean["rir"], "rir_theta0_group_std": r.std["rir"],
+          "dp_accuracy": accuracy(model, variables, x_p_test, y_p_test, batch_size=batch_size,
+                                  from_trunk=from_trunk)}

@@ -53,6 +53,7 @@ import numpy as np
 import optax
 
 from immujax import models
+from immujax.deep.network import apply_in_batches
 from immujax.deep.network import merge_variables
 from immujax.deep.train import batch_indices
 
@@ -473,3 +474,95 @@ def finetune_curve(spec: FinetuneSpec, extractor: dict, frozen: dict, x_train, y
       losses.append(float(np.mean(np.asarray(jnp.stack(pending)))))
       pending = []
   return FinetuneCurve(np.asarray(points), np.asarray(accs), np.asarray(losses))
+
+
+# --------------------------------------------------------------------- the three attackers
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+  """One attacker of :func:`run_attacks` and its hyperparameters.
+
+  Attributes:
+    kind: ``"linear_probe"`` (:func:`probe_curve`; SGD with heavy-ball momentum only),
+      ``"full"`` or ``"lora"`` (:func:`finetune_curve`).
+    epochs: passes over the harmful training split (⌊N/B⌋ steps each); scored after each.
+    batch_size: minibatch size B.
+    lr: learning rate.
+    optimizer: ``"adam"`` or ``"sgd"`` (``"sgd"`` for ``linear_probe``).
+    momentum: SGD momentum.
+    rank: LoRA rank r.
+    lora_scale: LoRA's s = α/r.
+  """
+  kind: str
+  epochs: int
+  batch_size: int
+  lr: float
+  optimizer: str = "adam"
+  momentum: float = 0.9
+  rank: int = 4
+  lora_scale: float = 1.0
+
+  def __post_init__(self):
+    if self.kind not in ATTACKS:
+      raise ValueError(f"`kind` must be one of {ATTACKS}; got {self.kind!r}.")
+    if self.kind == "linear_probe" and self.optimizer != "sgd":
+      raise ValueError("the linear probe (Fig. 3) is SGD with momentum; set optimizer='sgd'.")
+    if self.epochs < 1 or self.batch_size < 1:
+      raise ValueError(f"`epochs` ({self.epochs}) and `batch_size` ({self.batch_size}) must be "
+                       "≥ 1.")
+    if not np.isfinite(self.lr) or self.lr <= 0:
+      raise ValueError(f"`lr` must be a finite number > 0; got {self.lr}.")
+
+
+def run_attacks(model: nn.Module, extractor: dict, frozen: dict, x_train, y_train, x_test,
+                y_test, key: Array, *, attacks: dict[str, AttackSettings], num_classes: int,
+                from_trunk: bool = False, eval_batch_size: int = 256
+                ) -> dict[str, FinetuneCurve]:
+  """Every attacker of ``attacks`` on one released stage θ: harmful test accuracy per epoch.
+
+  Use the same ``key`` for θ0 and for every immunized model of a seed: the attackers then see
+  the same minibatches (and LoRA the same ``A``), so their curves differ only by θ.
+
+  Args:
+    model: the model.
+    extractor: the released stage θ, ``trainable["extractor"]``.
+    frozen: ``{"trunk", "batch_stats"}``.
+    x_train, y_train: harmful training split (trunk outputs if ``from_trunk``).
+    x_test, y_test: harmful test split.
+    key: PRNG key (attack ``i`` in sorted-name order uses ``fold_in(key, i)``).
+    attacks: ``{name: AttackSettings}``.
+    num_classes: C_H.
+    from_trunk: inputs are trunk outputs.
+    eval_batch_size: batch size of feature extraction and evaluation.
+
+  Returns:
+    ``{name: FinetuneCurve}``, each scored at steps ``0, ⌊N/B⌋, …, epochs·⌊N/B⌋``.
+  """
+  n = int(x_train.shape[0])
+  out, feats = {}, None
+  for i, name in enumerate(sorted(attacks)):
+    a = attacks[name]
+    k = jax.random.fold_in(key, i)
+    per_epoch = n // a.batch_size
+    if per_epoch < 1:
+      raise ValueError(f"attack {name!r}: `batch_size` ({a.batch_size}) exceeds the harmful "
+                       f"training split ({n}); lower it.")
+    if a.kind == "linear_probe":
+      if feats is None:
+        variables = merge_variables({models.EXTRACTOR: extractor, models.HEAD: {}}, frozen)
+        feats = [apply_in_batches(model, variables, xx, batch_size=eval_batch_size,
+                                  from_trunk=from_trunk) for xx in (x_train, x_test)]
+      c = probe_curve(feats[0], jnp.asarray(y_train), feats[1], jnp.asarray(y_test), k,
+                      num_classes=num_classes, epochs=a.epochs, batch_size=a.batch_size,
+                      lr=a.lr, momentum=a.momentum)
+      out[name] = FinetuneCurve(per_epoch * np.arange(a.epochs + 1),
+                                np.asarray(c.test_accuracy), np.asarray(c.train_loss))
+    else:
+      spec = FinetuneSpec(model, num_classes, adapter=a.kind, rank=a.rank,
+                          lora_scale=a.lora_scale, optimizer=a.optimizer, momentum=a.momentum,
+                          batch_size=a.batch_size, from_trunk=from_trunk)
+      out[name] = finetune_curve(spec, extractor, frozen, x_train, y_train, x_test, y_test, k,
+                                 steps=a.epochs * per_epoch, eval_every=per_epoch, lr=a.lr,
+                                 eval_batch_size=eval_batch_size)
+  return out
