@@ -214,10 +214,16 @@ def validate_choice(value, name: str, choices: Sequence[Any]) -> Any:
 
 
 def validate_subset(values, name: str, choices: Sequence[str]) -> tuple:
-  """A non-empty, duplicate-free tuple of elements of ``choices`` (a bare string is one)."""
+  """A non-empty, duplicate-free tuple of elements of ``choices``.
+
+  A string, or a tuple element, holding commas is split: ``--config.methods=ours,imma``
+  reaches the config as ``("ours,imma",)`` and means ``("ours", "imma")``.
+  """
   if isinstance(values, str):
     values = (values,)
-  values = tuple(values)
+  values = tuple(v for x in values
+                 for v in ([p.strip() for p in x.split(",")] if isinstance(x, str) else [x])
+                 if v != "")
   bad = [v for v in values if v not in choices]
   if bad or not values:
     raise ValueError(f"{name}={','.join(map(str, values)) or '()'}: "

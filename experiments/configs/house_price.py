@@ -40,11 +40,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Checks every field (flag names in the messages); raises ValueError before any work."""
+  """Checks every field (flag names in the messages); raises ValueError before any work.
+
+  Also normalizes ``methods`` (``--config.methods=ours,imma`` → ``("ours", "imma")``).
+  """
   from experiments import common  # pylint: disable=g-import-not-at-top
   from immujax import immunize  # pylint: disable=g-import-not-at-top
   f = "--config."
-  common.validate_subset(c.methods, f + "methods", immunize.METHODS)
+  c.methods = common.validate_subset(c.methods, f + "methods", immunize.METHODS)
   common.validate_positive_int(c.seeds, f + "seeds")
   common.validate_positive_int(c.n_train, f + "n_train")
   common.validate_positive_float(c.learning_rate, f + "learning_rate")

@@ -331,7 +331,8 @@ def _read_csv(path: pathlib.Path):
   try:
     return pd.read_csv(path)
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-    raise ValueError(f"could not parse {path} as CSV ({e}); pass an intact file.") from e
+    detail = " ".join(str(e).split())
+    raise ValueError(f"could not parse {path} as CSV ({detail}); pass an intact file.") from e
 
 
 def _first(mask: np.ndarray) -> int:
