@@ -436,9 +436,16 @@ def run(main: Callable[[list[str]], Any], *, define_flags: Callable[[], None] | 
     try:
       return main(argv)
     except BaseException as e:  # pylint: disable=broad-except
+      kept = [c.workdir for c in _CLAIMS
+              if _step_dirs(c.workdir / "checkpoints") - c.old_steps]
       release_workdirs()
-      if isinstance(e, known) and not flags.FLAGS.verbose:
+      if flags.FLAGS.verbose:
+        raise
+      if isinstance(e, known):
         _fail(_one_line(str(e)) or type(e).__name__)
+      if isinstance(e, KeyboardInterrupt):
+        _fail("interrupted; " + (f"rerun the same command to resume from {kept[0]}." if kept
+                                 else "nothing was saved, the workdir is as it was."), 130)
       raise
 
   app.run(wrapped, flags_parser=_parse_flags)

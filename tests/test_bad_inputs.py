@@ -18,6 +18,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -219,6 +220,28 @@ def test_verbose_shows_the_traceback(tmp_path):
   assert proc.returncode != 0
   assert "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_interrupt_during_compilation_leaves_no_workdir(tmp_path):
+  """A failure after the workdir was claimed but before the first checkpoint (Ctrl-C while
+  the first chunk compiles) restores the workdir: here it did not exist, so it is removed."""
+  if not HAVE_HOUSE:
+    pytest.skip(f"real house-price data not found at {HOUSE}; set IMMUJAX_DATA_DIR")
+  workdir = tmp_path / "w"
+  cmd = [sys.executable, "-u", "-m", H, f"--workdir={workdir}", HOUSE_CFG, f"--data_dir={HOUSE}"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  claimed = False
+  for line in proc.stdout:
+    if "compiling the first chunk" in line:
+      claimed = (workdir / "config.json").is_file()
+      proc.send_signal(signal.SIGINT)
+      break
+  _, err = proc.communicate(timeout=120)
+  assert claimed, "the workdir should be claimed before compilation"
+  assert proc.returncode == 130, err[-2000:]
+  assert err.strip() == "error: interrupted; nothing was saved, the workdir is as it was."
+  assert not workdir.exists()
 
 
 def test_enough_cases():
