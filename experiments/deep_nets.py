@@ -105,12 +105,12 @@ def _seed_keys(cfg, tag: int):
 
 def _attack_settings(cfg) -> dict[str, deep.AttackSettings]:
   return {name: deep.AttackSettings(**cfg.attacks[name].to_dict())
-          for name in tuple(cfg.attacks.run)}
+          for name in config_lib.attack_names(cfg)}
 
 
 def _describe_attacks(cfg) -> str:
   parts = []
-  for name in tuple(cfg.attacks.run):
+  for name in config_lib.attack_names(cfg):
     a = cfg.attacks[name]
     opt = (f"SGD (momentum {a.momentum})" if a.optimizer == "sgd" else "Adam")
     extra = f", rank {a.rank}, s = {a.lora_scale}" if name == "lora" else ""
@@ -616,7 +616,7 @@ def plot_attack_curves(payload: dict, path: pathlib.Path) -> None:
     ax.set_ylabel("D_H test accuracy (%)")
   axes[0][0].legend(fontsize=8)
   fig.suptitle("Stand-in: MNIST 0–4 → 5–9 (not the paper's ImageNet)" if payload["stand_in"]
-               else payload["description"], fontsize=9)
+               else payload["description"], fontsize=9, y=1.04)
   common.save_figure(path, fig)
 
 

@@ -241,6 +241,12 @@ def get_config(name: str = "stand_in") -> ml_collections.ConfigDict:
       "'quick' (e.g. --config=experiments/configs/deep_nets.py:stand_in).")
 
 
+def attack_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """``attacks.run`` as a tuple of names (``--config.attacks.run=linear_probe,lora`` works)."""
+  run = (c.attacks.run,) if isinstance(c.attacks.run, str) else tuple(c.attacks.run)
+  return tuple(name.strip() for item in run for name in item.split(",") if name.strip())
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks the fields a run uses (flag names in the messages); raises ValueError early."""
   from experiments import common  # pylint: disable=g-import-not-at-top
@@ -258,7 +264,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   common.validate_positive_int(c.evaluation.group_size, f + "evaluation.group_size")
   common.validate_positive_int(c.evaluation.batch_size, f + "evaluation.batch_size")
   common.validate_choice(c.evaluation.kappa, f + "evaluation.kappa", ("pinv", "authors"))
-  run = common.validate_subset(c.attacks.run, f + "attacks.run", ATTACKS)
+  run = common.validate_subset(attack_names(c), f + "attacks.run", ATTACKS)
   if not c.stand_in and set(run) - {"linear_probe"}:
     raise ValueError(f"{f}attacks.run={','.join(run)}: the paper-scale path streams images "
                      "from disk and runs linear probing only; pass "
