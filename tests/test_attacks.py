@@ -472,3 +472,82 @@ def test_input_validation_messages():
                         reference=(np.zeros(4), 0.0))
   with pytest.raises(ValueError, match="ridge"):
     attacks.logistic_gd(phi, (y > 0).astype(float), None, steps=3, ridge=-1.0)
+
+
+# ---------------------------------------------------------------- adaptive budgets (run_until)
+
+
+def _small_problem(seed=0, n=40, d=6):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, d)) * np.logspace(0, -1, d)
+  y = rng.normal(size=n)
+  return x, y
+
+
+@functools.cache
+def _until(name, max_steps):
+  return jax.jit(lambda p, eps, rec: attacks.run_until(name, p, eps=eps, max_steps=max_steps,
+                                                       record_at=rec))
+
+
+@pytest.mark.parametrize("name", list(attacks.ATTACKERS))
+def test_run_until_reproduces_the_scan_attackers(name):
+  # The eigenbasis while-loop gives the same steps to ε and the same iterates as the scan
+  # attacker on the raw features (rotation invariance; Adam runs in the original coordinates).
+  x, y = _small_problem()
+  prob = attacks.quadratic_probe(x.T @ x, x.T @ y, y @ y)
+  steps = 200
+  traj = _jit(attacks.ATTACKERS[name])(x, y, None, steps=steps, return_iterates=True)
+  eps = jnp.array([1e-2, 1e-6])
+  want = np.asarray(attacks.steps_to_tolerance(traj.norm_ratio, eps))
+  rec = jnp.array([0, 1, 5, 20])
+  got = jax.tree.map(np.asarray, _until(name, steps)(prob, eps, rec))
+  np.testing.assert_array_equal(got.steps[0], want)
+  np.testing.assert_array_equal(got.steps[1],
+                                np.asarray(attacks.steps_to_tolerance(traj.excess_loss, eps)))
+  # L-BFGS's zoom line search sees the loss up to the constant L* (it is fitted on the excess
+  # loss here), so its iterates agree to line-search rounding, not to 1e-9.
+  tol = 1e-2 if name == "lbfgs" else 1e-9
+  # Recordings after the run stopped hold the final iterate.
+  at = np.minimum(np.asarray(rec), int(got.final_step))
+  np.testing.assert_allclose(got.recorded, traj.iterates[at], atol=tol)
+  np.testing.assert_allclose(got.norm_ratio, traj.norm_ratio[at], rtol=tol, atol=1e-12)
+  # It stops as soon as every ε is reached (or at the cap).
+  assert int(got.final_step) == min(steps, int(np.max(got.steps)))
+
+
+def test_run_until_stops_early_and_counts_kappa_steps_at_a_large_cap():
+  # Two-point spectrum, κ = 1e5: GD with step 2/(L+μ) has norm ratio ((κ−1)/(κ+1))^{2t}
+  # exactly, so the steps to ε are known in closed form; a 10⁷ cap costs only those steps.
+  kappa = 1e5
+  lam = jnp.array([1.0, 1.0 / kappa])
+  prob = attacks.quadratic_probe(jnp.diag(lam), lam * jnp.array([1.0, 1.0]))
+  eps = jnp.array([1e-2, 1e-4])
+  got = _until("gd_constant", 10**7)(prob, eps, jnp.array([0]))
+  rate = (kappa - 1) / (kappa + 1)
+  want = np.ceil(np.log(np.asarray(eps)) / (2 * np.log(rate)))
+  np.testing.assert_allclose(np.asarray(got.steps[0]), want, atol=1)
+  assert int(got.final_step) <= want[-1] + 1 and want[-1] > 2e5
+
+
+def test_run_until_reports_the_cap_as_a_sentinel_and_lanes_finish_independently():
+  lam = jnp.array([[1.0, 1e-2], [1.0, 1e-6]])         # κ = 100 and κ = 10⁶
+  probs = jax.vmap(lambda l: attacks.quadratic_probe(jnp.diag(l), l))(lam)
+  run = jax.jit(jax.vmap(lambda p: attacks.run_until("gd_constant", p, eps=jnp.array([1e-4]),
+                                                     max_steps=2000)))
+  got = jax.tree.map(np.asarray, run(probs))
+  assert got.steps[0, 0, 0] == 231                     # log(1e-4)/(2 log(99/101)) → 231
+  assert got.steps[1, 0, 0] == 2001                    # the sentinel: cap + 1
+  # Under vmap the loop runs until the last lane is done, but a finished lane is frozen.
+  np.testing.assert_array_equal(got.final_step, [231, 2000])
+  assert got.norm_ratio[0, -1] <= 1e-4 < got.norm_ratio[1, -1]
+
+
+def test_run_until_rejects_bad_arguments():
+  prob = attacks.quadratic_probe(jnp.eye(2), jnp.ones(2))
+  with pytest.raises(ValueError, match="max_steps"):
+    attacks.run_until("cg", prob, eps=[1e-2], max_steps=0)
+  with pytest.raises(ValueError, match="unknown attacker"):
+    attacks.run_until("sgd", prob, eps=[1e-2], max_steps=10)
+  with pytest.raises(ValueError, match="gram must be"):
+    attacks.quadratic_probe(jnp.eye(2), jnp.ones(3))
