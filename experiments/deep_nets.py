@@ -369,7 +369,8 @@ def run_paper_scale(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *,
     c = deep.probe_curve(f_train, labels["h_train"], f_test, labels["h_test"],
                          jax.random.fold_in(attack_keys[s], 0),
                          num_classes=d.num_harmful_classes, epochs=pr.epochs,
-                         batch_size=pr.batch_size, lr=pr.lr, momentum=pr.momentum)
+                         batch_size=pr.batch_size, lr=pr.lr, momentum=pr.momentum,
+                         optimizer=pr.optimizer)
     return np.asarray(c.test_accuracy).tolist()
 
   curves = {"theta0": [probe(f0["h_train"], f0["h_test"], s) for s in range(num_seeds)]}

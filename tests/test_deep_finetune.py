@@ -204,3 +204,18 @@ def test_rfd_bad_inputs():
     deep.relative_finetuning_difficulty([10.0, 50.0], [1.0, 2.0, 3.0])
   with pytest.raises(ValueError, match="at least one"):
     deep.relative_finetuning_difficulty(np.zeros((2, 0)), np.zeros((2, 0)))
+
+
+def test_probe_curve_with_adam_learns():
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 3, 90)
+  phi = rng.normal(size=(90, 4)) + 3.0 * np.eye(4)[y]
+  c = deep.probe_curve(phi[:60], y[:60], phi[60:], y[60:], jax.random.key(0), num_classes=3,
+                       epochs=4, batch_size=10, lr=0.1, optimizer="adam")
+  assert np.asarray(c.test_accuracy)[-1] > 80.0
+  sgd = deep.probe_curve(phi[:60], y[:60], phi[60:], y[60:], jax.random.key(0), num_classes=3,
+                         epochs=4, batch_size=10, lr=0.1)
+  assert not np.array_equal(np.asarray(c.train_loss), np.asarray(sgd.train_loss))
+  with pytest.raises(ValueError, match="optimizer"):
+    deep.probe_curve(phi, y, phi, y, jax.random.key(0), num_classes=3, epochs=1,
+                     batch_size=10, lr=0.1, optimizer="lbfgs")

@@ -276,8 +276,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     common.validate_positive_int(a.epochs, p + "epochs")
     common.validate_positive_int(a.batch_size, p + "batch_size")
     common.validate_positive_float(a.lr, p + "lr")
-    common.validate_choice(a.optimizer, p + "optimizer",
-                           ("sgd",) if name == "linear_probe" else ("adam", "sgd"))
+    common.validate_choice(a.optimizer, p + "optimizer", ("adam", "sgd"))
     if not 0.0 <= a.momentum < 1.0:
       raise ValueError(f"{p}momentum={a.momentum!r} must be in [0, 1).")
     if name == "lora":

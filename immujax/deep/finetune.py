@@ -79,15 +79,17 @@ class ProbeCurve(NamedTuple):
   train_loss: Array
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
+@functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size",
+                                             "optimizer"))
 def probe_curve(phi_train, y_train, phi_test, y_test, key: Array, *, num_classes: int,
-                epochs: int, batch_size: int, lr, momentum=0.9) -> ProbeCurve:
+                epochs: int, batch_size: int, lr, momentum=0.9,
+                optimizer: str = "sgd") -> ProbeCurve:
   """Linear probing of frozen features: the attacker of Fig. 3.
 
   Softmax regression ``(w, b)`` from zero on the raw (unnormalised) features, trained with
-  minibatch SGD + heavy-ball momentum at a fixed learning rate — the same optimizer for every
-  extractor, so the curves compare how fast the same first-order attacker adapts (an
-  ill-conditioned ``ΦᵀΦ`` slows it down). Minibatches as :func:`batch_indices`. Float64.
+  minibatch SGD + heavy-ball momentum (or Adam) at a fixed learning rate — the same optimizer
+  for every extractor, so the curves compare how fast the same first-order attacker adapts
+  (an ill-conditioned ``ΦᵀΦ`` slows SGD down). Minibatches as :func:`batch_indices`. Float64.
 
   Args:
     phi_train: ``(N, D)`` harmful training features; y_train: ``(N,)`` labels.
@@ -97,7 +99,8 @@ def probe_curve(phi_train, y_train, phi_test, y_test, key: Array, *, num_classes
     epochs: probing epochs.
     batch_size: probe minibatch size (drop_last).
     lr: learning rate (scalar).
-    momentum: momentum (scalar).
+    momentum: SGD momentum (scalar).
+    optimizer: ``"sgd"`` (Fig. 3's attacker) or ``"adam"`` (a diagonally preconditioned one).
 
   Returns:
     :class:`ProbeCurve`.
@@ -106,7 +109,9 @@ def probe_curve(phi_train, y_train, phi_test, y_test, key: Array, *, num_classes
   phi_test = jnp.asarray(phi_test, jnp.float64)
   n, d = phi_train.shape
   per_epoch = n // batch_size
-  opt = optax.sgd(lr, momentum=momentum)
+  if optimizer not in OPTIMIZERS:
+    raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}; got {optimizer!r}.")
+  opt = optax.sgd(lr, momentum=momentum) if optimizer == "sgd" else optax.adam(lr)
   params = (jnp.zeros((d, num_classes), jnp.float64), jnp.zeros((num_classes,), jnp.float64))
 
   def loss(p, x, y):
@@ -484,12 +489,12 @@ class AttackSettings:
   """One attacker of :func:`run_attacks` and its hyperparameters.
 
   Attributes:
-    kind: ``"linear_probe"`` (:func:`probe_curve`; SGD with heavy-ball momentum only),
-      ``"full"`` or ``"lora"`` (:func:`finetune_curve`).
+    kind: ``"linear_probe"`` (:func:`probe_curve`), ``"full"`` or ``"lora"``
+      (:func:`finetune_curve`).
     epochs: passes over the harmful training split (⌊N/B⌋ steps each); scored after each.
     batch_size: minibatch size B.
     lr: learning rate.
-    optimizer: ``"adam"`` or ``"sgd"`` (``"sgd"`` for ``linear_probe``).
+    optimizer: ``"adam"`` or ``"sgd"`` (heavy-ball momentum; Fig. 3's probe).
     momentum: SGD momentum.
     rank: LoRA rank r.
     lora_scale: LoRA's s = α/r.
@@ -506,8 +511,8 @@ class AttackSettings:
   def __post_init__(self):
     if self.kind not in ATTACKS:
       raise ValueError(f"`kind` must be one of {ATTACKS}; got {self.kind!r}.")
-    if self.kind == "linear_probe" and self.optimizer != "sgd":
-      raise ValueError("the linear probe (Fig. 3) is SGD with momentum; set optimizer='sgd'.")
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}; got {self.optimizer!r}.")
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError(f"`epochs` ({self.epochs}) and `batch_size` ({self.batch_size}) must be "
                        "≥ 1.")
@@ -555,7 +560,7 @@ def run_attacks(model: nn.Module, extractor: dict, frozen: dict, x_train, y_trai
                                   from_trunk=from_trunk) for xx in (x_train, x_test)]
       c = probe_curve(feats[0], jnp.asarray(y_train), feats[1], jnp.asarray(y_test), k,
                       num_classes=num_classes, epochs=a.epochs, batch_size=a.batch_size,
-                      lr=a.lr, momentum=a.momentum)
+                      lr=a.lr, momentum=a.momentum, optimizer=a.optimizer)
       out[name] = FinetuneCurve(per_epoch * np.arange(a.epochs + 1),
                                 np.asarray(c.test_accuracy), np.asarray(c.train_loss))
     else:
