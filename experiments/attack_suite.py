@@ -1,22 +1,23 @@
-r"""Attack suite (issue 6): does immunization survive attackers other than gradient descent?
+r"""Attack suite (issues 6, 11): every linear-probing attacker against the immunized extractors.
 
-Attacks the extractors of a finished house-price and/or MNIST run (or recomputes house-price
-extractors in-process) with every linear-probing attacker of ``immujax.attacks.ATTACKERS``::
-
-  python -m experiments.attack_suite --house_workdir=/tmp/house --workdir=/tmp/attacks \
-      [--data_dir=../shared/data/house_price]
-  python -m experiments.attack_suite --mnist_workdir=/tmp/mnist --max_pairs=10 \
-      --workdir=/tmp/attacks_mnist
+  python -m experiments.attack_suite --house_workdir=/tmp/house \
+      --data_dir=../shared/data/house_price --workdir=/tmp/attacks
+  python -m experiments.attack_suite --mnist_workdir=/tmp/mnist --mnist_dir=../shared/data/mnist \
+      --workdir=/tmp/attacks_mnist [--max_pairs=10]
   python -m experiments.attack_suite --recompute --data_dir=../shared/data/house_price \
       --workdir=/tmp/attacks_quick --config=experiments/configs/attack_suite.py:quick
 
-For each dataset, each extractor θ (every method × seed; MNIST: every pair up to
-``--max_pairs``) and the reference θ = I, every attacker fits the ℓ2 probe on the harmful
-features ``X_H θ`` (targets ``y_H``) and on the pre-training features ``X_P θ`` (``y_P``) from
-``w_0 = 0``. The steps to reach ε of the norm ratio (Eq. 16) and of the relative excess loss
-give the **slow-down factor** ``steps(θ) / steps(I)`` (``attacks.slowdown_factor``).
+For each dataset, every extractor θ of the run (method × seed; MNIST: every pair up to
+``--max_pairs``) and the reference θ = I are attacked on the harmful (D_H) and the
+pre-training (D_P) probe by every attacker, with adaptive budgets
+(``immujax.evaluation``): each run stops when it reaches every ε or at its cap, and a run at
+the cap makes its slow-down a bound. The attackers of ``config.test_attackers`` also have
+their probes scored on held-out data: house prices' rows 200–299 (the authors' validation
+rows), MNIST's test split (``--mnist_dir``) or, for the embedded sample, the sample images
+the run did not draw.
 
-Writes ``results.json``, ``table.md`` and ``attack_curves.png`` into ``--workdir``.
+Writes ``results.json``, ``table.md`` and ``attack_curves.png`` into ``--workdir`` (nothing if
+an input is invalid).
 """
 
 from __future__ import annotations
@@ -28,260 +29,114 @@ import pathlib
 import time
 from typing import Callable, Optional, Sequence
 
-from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
 from experiments import common
-from immujax import attacks
+from experiments import evaluate as evaluate_bin
+from experiments.configs import attack_suite as config_lib
 from immujax import checkpoint
+from immujax import evaluation
 from immujax import immunize
+from immujax import metrics
 from immujax import sweep
 from immujax import training
 from immujax.data import house_prices
 
+_FLAGS = {}
+
 
 def _define_flags():
   # Flags are defined only when this module runs as a program, so several binaries can
-  # be imported side by side (tests, the attack suite) without duplicate-flag errors.
-  global _CONFIG, _WORKDIR, _HOUSE_WORKDIR, _MNIST_WORKDIR, _RECOMPUTE, _DATA_DIR, _MAX_PAIRS
-  _CONFIG = config_flags.DEFINE_config_file(
+  # be imported side by side (tests, the evaluate binary) without duplicate-flag errors.
+  _FLAGS["config"] = config_flags.DEFINE_config_file(
       "config", str(pathlib.Path(__file__).parent / "configs" / "attack_suite.py"),
       "Experiment configuration.")
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-  _HOUSE_WORKDIR = flags.DEFINE_string(
-      "house_workdir", None, "A finished experiments.house_price workdir (results.json + "
-      "checkpoints/) whose extractors are attacked.")
-  _MNIST_WORKDIR = flags.DEFINE_string(
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+  _FLAGS["house_workdir"] = flags.DEFINE_string(
+      "house_workdir", None, "A finished experiments.house_price workdir whose extractors are "
+      "attacked.")
+  _FLAGS["mnist_workdir"] = flags.DEFINE_string(
       "mnist_workdir", None, "A finished experiments.mnist_pairs workdir whose extractors are "
       "attacked.")
-  _RECOMPUTE = flags.DEFINE_bool(
-      "recompute", False, "Train house-price extractors in-process (config.recompute_variant "
-      "of experiments/configs/house_price.py) instead of loading --house_workdir.")
-  _DATA_DIR = flags.DEFINE_string(
+  _FLAGS["recompute"] = flags.DEFINE_bool(
+      "recompute", False, "Train house-price extractors in-process (the 'quick' variant of "
+      "experiments/configs/house_price.py, 2 seeds × 40 steps) instead of --house_workdir.")
+  _FLAGS["data_dir"] = flags.DEFINE_string(
       "data_dir", None, "House-price data: directory with D1.csv/D2.csv or Kaggle's train.csv "
       "(default: $IMMUJAX_HOUSE_DIR, $IMMUJAX_DATA_DIR/house_price, or the data_dir recorded in "
       "--house_workdir's results.json).")
-  _MAX_PAIRS = flags.DEFINE_integer(
+  _FLAGS["mnist_dir"] = flags.DEFINE_string(
+      "mnist_dir", None, "MNIST IDX folder whose test split (t10k) is the held-out data "
+      "(default $IMMUJAX_MNIST_DIR, $IMMUJAX_DATA_DIR/mnist; without it, the sample images the "
+      "run did not draw, if any).")
+  _FLAGS["max_pairs"] = flags.DEFINE_integer(
       "max_pairs", None, "MNIST: attack only the first N digit pairs (default: "
       "config.max_pairs).")
 
 
-SIDES = ("D_H", "D_P")
 PAPER_RIR_OURS = {"house": 356.2, "mnist": 70.04}   # Table 1 and Table 2 of the paper
 NAMES = {"ours": "Ours", "r_ill_only": "R_ill Only", "imma": "IMMA", "opt_kappa": "Opt κ",
          "identity": "Identity"}
-# How the steps to a fixed ε grow with κ (module docstring of immujax/attacks.py).
-EXPECTED = {"gd_line_search": "κ", "gd_constant": "κ", "heavy_ball": "√κ", "nesterov": "√κ",
-            "adam": "none (heuristic)", "lbfgs": "≤ √κ", "cg": "√κ", "closed_form": "1"}
-# closed_form runs two SVDs (pinv and the metrics' probe_problem) that XLA:CPU could run
-# concurrently inside one jitted program; concurrent LAPACK calls deadlocked jaxlib 0.10.2's
-# thread pool on this machine (BUILD_NOTES.md), so it runs op by op. It has no loop.
-_EAGER = frozenset({"closed_form"})
 
 
 @dataclasses.dataclass
 class Dataset:
-  """The extractors of one dataset and the two probes they are attacked on.
+  """The extractors of one dataset and their probe data.
 
   Attributes:
-    name: ``"house"`` or ``"mnist"`` (or any label; keys ``PAPER_RIR_OURS``).
-    source: where the extractors came from (a workdir or "recomputed ...").
-    tasks: ``T`` task labels (house: one; MNIST: ``"p→h"`` per digit pair).
+    name: ``"house"`` or ``"mnist"``.
+    source: where the extractors came from.
+    task_names: ``T`` labels (house: one; MNIST: ``"p→h"`` per digit pair).
+    tasks: ``T`` :class:`evaluation.ProbeData` (with held-out splits when available).
     thetas: ``(T, R, D_in, D_in)`` extractors, ``R`` runs per task.
-    index: ``R`` pairs ``(method, seed)``, the order of the ``R`` axis.
-    rir: ``(T, R)`` RIR of each extractor (Eq. 15, against θ = I).
-    probes: ``{"D_H": (x (T, N_H, D_in), y (T, N_H)), "D_P": (x (T, N_P, D_in), y (T, N_P))}``.
-    steps: the attackers' step budget.
+    index: ``R`` pairs ``(method, seed)``.
+    rir, ratio_h, ratio_p, dp_loss: ``(T, R)`` from the run (``sweep.evaluate``): RIR
+      (Eq. 15), its factors, and the trained model's D_P loss.
+    test_note: how the held-out split was made (or why there is none).
   """
   name: str
   source: str
-  tasks: list[str]
+  task_names: list
+  tasks: list
   thetas: np.ndarray
-  index: list[tuple[str, int]]
+  index: list
   rir: np.ndarray
-  probes: dict[str, tuple[np.ndarray, np.ndarray]]
-  steps: int
+  ratio_h: np.ndarray
+  ratio_p: np.ndarray
+  dp_loss: np.ndarray
+  test_note: str = ""
 
-
-# ------------------------------------------------------------------------- running attacks
-
-
-@functools.lru_cache(maxsize=None)
-def _batched(name: str, steps: int, kwargs: tuple[tuple[str, object], ...]) -> Callable:
-  fn = functools.partial(attacks.ATTACKERS[name], steps=steps, **dict(kwargs))
-  batched = jax.vmap(lambda phi, y: fn(phi, y, None), in_axes=(0, None))
-  return batched if name in _EAGER else jax.jit(batched)
-
-
-@jax.jit
-def _kappas(features):
-  prob = jax.vmap(attacks.probe_problem, in_axes=(0, None))(
-      features, jnp.zeros(features.shape[1], features.dtype))
-  return prob.hess_max / prob.hess_min
-
-
-def attack_batch(name: str, features, targets, *, steps: int,
-                 kwargs: Optional[dict] = None) -> dict[str, np.ndarray]:
-  """Runs one attacker on a batch of ℓ2 probes sharing their targets, from ``w_0 = 0``.
-
-  Args:
-    name: a key of ``attacks.ATTACKERS``.
-    features: ``(E, N, D)`` probe features, one problem per extractor.
-    targets: ``(N,)`` targets.
-    steps: the step budget (static; one compile per (name, steps, shape)).
-    kwargs: the attacker's extra hyperparameters.
-
-  Returns:
-    ``{"norm_ratio": (E, steps+1), "excess_loss": (E, steps+1)}`` numpy arrays.
-  """
-  fn = _batched(name, int(steps), tuple(sorted((kwargs or {}).items())))
-  traj = fn(jnp.asarray(features), jnp.asarray(targets))
-  return {"norm_ratio": np.asarray(traj.norm_ratio),
-          "excess_loss": np.asarray(traj.excess_loss)}
-
-
-def eps_key(eps: float) -> str:
-  """The JSON key of a tolerance, e.g. ``1e-04``."""
-  return f"{eps:.0e}"
-
-
-def _bound(imm_censored: np.ndarray, ref_censored: np.ndarray) -> str:
-  if imm_censored.any() and ref_censored.any():
-    return "unknown"
-  if imm_censored.any():
-    return "lower"
-  if ref_censored.any():
-    return "upper"
-  return "exact"
-
-
-def run_suite(datasets: Sequence[Dataset], cfg: ml_collections.ConfigDict, *,
-              on_progress: Optional[Callable[[training.Progress], None]] = None
-              ) -> tuple[dict, dict]:
-  """Attacks every extractor of every dataset with every configured attacker.
-
-  Args:
-    datasets: the :class:`Dataset` s.
-    cfg: the attack-suite config (``attackers``, ``eps``, ``metrics``, ``attacker_kwargs``,
-      ``curve_seed``).
-    on_progress: called after each (dataset, task, probe, attacker) unit.
-
-  Returns:
-    ``(results, curves)``: the JSON-able results (see README "Attack suite" for the layout)
-    and, per dataset, the D_H norm-ratio curves of the first task for ``attack_curves.png``:
-    ``{dataset: {attacker: {"identity" | method: (steps+1,)}}}``.
-  """
-  names = attacker_names(cfg)
-  eps = [float(e) for e in cfg.eps]
-  metrics = tuple(cfg.metrics)
-  kwargs_all = cfg.attacker_kwargs.to_dict() if cfg.attacker_kwargs else {}
-  total = sum(len(ds.tasks) * len(SIDES) * len(names) for ds in datasets)
-  done, t0 = 0, time.perf_counter()
-  results = {"attackers": list(names), "eps": eps, "metrics": list(metrics),
-             "sides": list(SIDES), "expected_scaling": {n: EXPECTED.get(n, "?") for n in names},
-             "datasets": {}}
-  curves = {}
-  for ds in datasets:
-    n_tasks, n_runs = ds.thetas.shape[:2]
-    if ds.thetas.shape[2] != ds.thetas.shape[3]:
-      raise ValueError(f"{ds.name}: extractors must be square (D_in, D_in) to be compared "
-                       f"with θ = I; got {ds.thetas.shape[2:]}.")
-    # steps[side][attacker][metric][eps] -> (T, 1 + R): column 0 is the identity.
-    steps = {s: {n: {m: {eps_key(e): np.zeros((n_tasks, 1 + n_runs), np.int64) for e in eps}
-                     for m in metrics} for n in names} for s in SIDES}
-    kappa = {s: np.zeros((n_tasks, 1 + n_runs)) for s in SIDES}
-    curve_cols = [0] + [1 + i for i, (_, seed) in enumerate(ds.index) if seed == cfg.curve_seed]
-    curves[ds.name] = {}
-    for t in range(n_tasks):
-      for side in SIDES:
-        x, y = ds.probes[side]
-        x_t = np.asarray(x[t])
-        feats = np.concatenate([x_t[None], np.einsum("nd,rdk->rnk", x_t, ds.thetas[t])])
-        kappa[side][t] = np.asarray(_kappas(jnp.asarray(feats)))
-        for name in names:
-          traj = attack_batch(name, feats, y[t], steps=ds.steps, kwargs=kwargs_all.get(name))
-          for m in metrics:
-            for e in eps:
-              steps[side][name][m][eps_key(e)][t] = np.asarray(
-                  attacks.steps_to_tolerance(traj[m], e))
-          if t == 0 and side == "D_H":
-            curves[ds.name][name] = {
-                ("identity" if c == 0 else ds.index[c - 1][0]): traj["norm_ratio"][c]
-                for c in curve_cols}
-          done += 1
-          if on_progress is not None:
-            elapsed = time.perf_counter() - t0
-            on_progress(training.Progress(done, total, elapsed,
-                                          elapsed / done * (total - done),
-                                          f"{ds.name} {ds.tasks[t]} {side} {name}"))
-    results["datasets"][ds.name] = _summarize(ds, steps, kappa, names, metrics, eps)
-  return results, curves
-
-
-def _summarize(ds: Dataset, steps, kappa, names, metrics, eps) -> dict:
-  """Slow-down factors per method and seed (means over tasks) from the raw step counts."""
-  sentinel = ds.steps + 1
-  out = {"source": ds.source, "tasks": ds.tasks, "budget": ds.steps, "sentinel": sentinel,
-         "paper_rir_ours": PAPER_RIR_OURS.get(ds.name),
-         "identity": {"kappa": {s: kappa[s][:, 0] for s in SIDES},
-                      "steps": {s: {n: {m: {k: v[:, 0] for k, v in steps[s][n][m].items()}
-                                        for m in metrics} for n in names} for s in SIDES}},
-         "methods": {}}
-  methods = list(dict.fromkeys(m for m, _ in ds.index))
-  for meth in methods:
-    rows = [i for i, (m, _) in enumerate(ds.index) if m == meth]
-    cols = [1 + i for i in rows]
-    r = {"seeds": [ds.index[i][1] for i in rows], "rir": ds.rir[:, rows],
-         "mean_rir_per_seed": np.mean(ds.rir[:, rows], axis=0),
-         "kappa": {s: kappa[s][:, cols] for s in SIDES},
-         "kappa_ratio": {s: np.mean(kappa[s][:, cols] / kappa[s][:, :1], axis=0)
-                         for s in SIDES},
-         "steps": {}, "slowdown": {}, "bound": {}}
-    for s in SIDES:
-      for key in ("steps", "slowdown", "bound"):
-        r[key][s] = {n: {m: {} for m in metrics} for n in names}
-      for n in names:
-        for m in metrics:
-          for k, v in steps[s][n][m].items():
-            imm, ref = v[:, cols], v[:, :1]
-            slow = np.asarray(attacks.slowdown_factor(imm, ref))      # (T, S)
-            r["steps"][s][n][m][k] = imm
-            r["slowdown"][s][n][m][k] = np.mean(slow, axis=0)          # mean over tasks
-            r["bound"][s][n][m][k] = [_bound(imm[:, j] >= sentinel, ref[:, 0] >= sentinel)
-                                      for j in range(len(cols))]
-    out["methods"][meth] = r
-  return out
-
-
-def attacker_names(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The configured attackers, validated against ``attacks.ATTACKERS``."""
-  if cfg.attackers == "all":
-    return tuple(attacks.ATTACKERS)
-  names = tuple(n.strip() for n in str(cfg.attackers).split(",") if n.strip())
-  bad = [n for n in names if n not in attacks.ATTACKERS]
-  if bad or not names:
-    raise ValueError(f"--config.attackers={cfg.attackers!r}: unknown attacker(s) {bad}; use "
-                     f"'all' or a comma-separated subset of {list(attacks.ATTACKERS)}.")
-  return names
+  @property
+  def labels(self) -> list:
+    return [f"{m}/{s}" for m, s in self.index]
 
 
 # ------------------------------------------------------------------------- loading extractors
 
 
-def _house_dataset(hcfg, data, tasks, state, source: str, steps: int) -> Dataset:
+def _house_probe_data(data: house_prices.HousePrices, n_test: int = 100
+                      ) -> evaluation.ProbeData:
+  s = data.n_train
+  return evaluation.validate_data(
+      {"x_p": data.x_p, "y_p": data.y_p, "x_h": data.x_h, "y_h": data.y_h,
+       "x_p_test": data.x_p_all[s:s + n_test], "y_p_test": data.y_p_all[s:s + n_test],
+       "x_h_test": data.x_h_all[s:s + n_test], "y_h_test": data.y_h_all[s:s + n_test]},
+      kind="regression", name="house prices")
+
+
+def _house_dataset(hcfg, data, tasks, state, source: str) -> Dataset:
   index = sweep.run_index(tuple(hcfg.methods), hcfg.seeds)
-  ev = sweep.evaluate(state, tasks, kappa=hcfg.get("kappa", "pinv"))
+  ev = jax.tree.map(np.asarray, sweep.evaluate(state, tasks, kappa=hcfg.get("kappa", "pinv")))
+  n = data.n_train
   return Dataset(
-      name="house", source=source, tasks=["house"],
-      thetas=np.asarray(state.params.theta), index=index, rir=np.asarray(ev.rir),
-      probes={"D_H": (np.asarray(data.x_h)[None], np.asarray(data.y_h)[None]),
-              "D_P": (np.asarray(data.x_p)[None], np.asarray(data.y_p)[None])},
-      steps=steps)
+      name="house", source=source, task_names=["house"], tasks=[_house_probe_data(data)],
+      thetas=np.asarray(state.params.theta), index=index, rir=ev.rir, ratio_h=ev.ratio_h,
+      ratio_p=ev.ratio_p, dp_loss=ev.dp_loss,
+      test_note=f"held out: rows {n}–{n + 99} of D1/D2 (the authors' validation rows)")
 
 
 def _house_runs_like(hcfg, tasks):
@@ -299,7 +154,7 @@ def _house_data(hcfg, data_dir):
   return data, jax.tree.map(lambda a: a[None], task)
 
 
-def load_house_workdir(house_workdir, data_dir=None, *, steps: int) -> Dataset:
+def load_house_workdir(house_workdir, data_dir=None, *, steps: int = 0) -> Dataset:
   """Extractors of a finished ``experiments.house_price`` run.
 
   Rebuilds the run's tasks from its ``results.json`` config and the data, and restores the
@@ -309,11 +164,12 @@ def load_house_workdir(house_workdir, data_dir=None, *, steps: int) -> Dataset:
     house_workdir: the house_price ``--workdir``.
     data_dir: the house-price data (``--data_dir``); None → ``$IMMUJAX_HOUSE_DIR``,
       ``$IMMUJAX_DATA_DIR/house_price``, or the ``data_dir`` recorded in results.json.
-    steps: the attackers' step budget.
+    steps: unused (kept for callers of the issue-6 signature).
 
   Returns:
     A :class:`Dataset`.
   """
+  del steps
   house_workdir = pathlib.Path(house_workdir)
   res_path = house_workdir / "results.json"
   if not res_path.exists():
@@ -339,23 +195,12 @@ def load_house_workdir(house_workdir, data_dir=None, *, steps: int) -> Dataset:
         f"trains {hcfg.steps} steps. Rerun experiments.house_price on that workdir to finish.")
   state = ckpt.restore(latest, like=_house_runs_like(hcfg, tasks).state)
   ckpt.close()
-  return _house_dataset(hcfg, data, tasks, state, f"{house_workdir} (step {latest})", steps)
+  return _house_dataset(hcfg, data, tasks, state, f"{house_workdir} (step {latest})")
 
 
-def recompute_house(data_dir, *, variant: str, steps: int, overrides: Optional[dict] = None,
+def recompute_house(data_dir, *, variant: str = "quick", overrides: Optional[dict] = None,
                     on_progress: Optional[Callable] = None) -> Dataset:
-  """Trains house-price extractors in-process (``experiments/configs/house_price.py``).
-
-  Args:
-    data_dir: the house-price data directory (``--data_dir``).
-    variant: the house_price config variant (``"quick"`` or ``""``).
-    steps: the attackers' step budget.
-    overrides: values replacing fields of that config (``config.recompute_overrides``).
-    on_progress: progress callback of the training chunks.
-
-  Returns:
-    A :class:`Dataset`.
-  """
+  """Trains house-price extractors in-process (``experiments/configs/house_price.py``)."""
   from experiments.configs import house_price as house_config  # pylint: disable=g-import-not-at-top
   data_dir = common.data_dir_from(data_dir, "IMMUJAX_HOUSE_DIR", "house_price")
   if data_dir is None or not data_dir.is_dir():
@@ -366,7 +211,7 @@ def recompute_house(data_dir, *, variant: str, steps: int, overrides: Optional[d
   hcfg = house_config.get_config(variant)
   for k, v in (overrides or {}).items():
     if k not in hcfg:
-      raise ValueError(f"--config.recompute_overrides: {k!r} is not a field of "
+      raise ValueError(f"recompute override {k!r} is not a field of "
                        f"experiments/configs/house_price.py; choose from {sorted(hcfg)}.")
     setattr(hcfg, k, v)
   data, tasks = _house_data(hcfg, data_dir)
@@ -383,24 +228,20 @@ def recompute_house(data_dir, *, variant: str, steps: int, overrides: Optional[d
   state, _ = training.run_chunked(chunk, runs.state, total_steps=hcfg.steps,
                                   chunk_steps=hcfg.chunk_steps, on_progress=on_progress)
   return _house_dataset(hcfg, data, tasks, state,
-                        f"recomputed (house_price config {variant or 'default'!r})", steps)
+                        f"recomputed (house_price config {variant or 'default'!r})")
 
 
-def load_mnist_workdir(mnist_workdir, *, max_pairs: int, steps: int,
-                       harmful_fn: Optional[Callable] = None) -> Dataset:
+def load_mnist_workdir(mnist_workdir, *, max_pairs: int, mnist_dir=None,
+                       harmful_fn: Optional[Callable] = None,
+                       test_fn: Optional[Callable] = None) -> Dataset:
   """Extractors of an ``experiments.mnist_pairs`` run, first ``max_pairs`` pairs.
 
   ``restore_runs`` gives tasks with the harmful task's sufficient statistics only, so the
   harmful inputs are rebuilt: by ``harmful_fn(cfg, pairs) -> (x_h (T, N, D), y_h (T, N))``
-  when given, else from the run's own data recipe (``mnist_pairs.load_images`` and
-  ``immujax.data.mnist.harmful_task``). Either way they are checked against the restored
-  ``q_h = X_HᵀX_H`` and ``b_h = X_Hᵀy_H``.
-
-  Args:
-    mnist_workdir: the mnist_pairs ``--workdir``.
-    max_pairs: attack the first ``max_pairs`` pairs.
-    steps: the attackers' step budget.
-    harmful_fn: optional rebuild of the harmful inputs and targets.
+  when given, else from the run's own data recipe. Either way they are checked against the
+  restored ``q_h = X_HᵀX_H`` and ``b_h = X_Hᵀy_H``. Held-out splits come from
+  ``test_fn(cfg, pairs) -> [dict of *_test arrays]`` when given, else from ``--mnist_dir``'s
+  test split, else from the sample images the run did not draw (none if it drew them all).
 
   Returns:
     A :class:`Dataset`.
@@ -425,159 +266,278 @@ def load_mnist_workdir(mnist_workdir, *, max_pairs: int, steps: int,
         f"the rebuilt MNIST harmful inputs do not match the statistics of {mnist_workdir}'s "
         "tasks (X_HᵀX_H, X_Hᵀy_H): the run's data recipe changed. Pass a harmful_fn that "
         "rebuilds the run's harmful task.")
-  ev = sweep.evaluate(state, tasks, loss="bce", kappa=mcfg.get("kappa", "pinv"))
+  ev = jax.tree.map(np.asarray, sweep.evaluate(state, tasks, loss="bce",
+                                               kappa=mcfg.get("kappa", "pinv")))
+  x_p = np.asarray(jax.vmap(immunize.supervised_inputs, in_axes=(sweep.task_axes(tasks),))(
+      tasks))
+  y_p = np.asarray(tasks.y_p)
+  note = ""
+  if test_fn is not None:
+    tests = test_fn(mcfg, pairs)
+    note = "held out: given by test_fn"
+  else:
+    tests, note = _mnist_tests(mnist_workdir, mcfg, pairs, mnist_dir)
+  probe = [evaluation.validate_data({"x_p": x_p[t], "y_p": y_p[t], "x_h": x_h[t],
+                                     "y_h": y_h[t], **(tests[t] if tests else {})},
+                                    kind="classification", name=f"MNIST pair {p}→{h}")
+           for t, (p, h) in enumerate(pairs)]
   return Dataset(
       name="mnist", source=f"{mnist_workdir} ({n} of the run's pairs)",
-      tasks=[f"{p}→{h}" for p, h in pairs], thetas=np.asarray(state.params.theta),
-      index=list(index), rir=np.asarray(ev.rir),
-      probes={"D_H": (x_h, y_h), "D_P": (np.asarray(jax.vmap(immunize.supervised_inputs,
-                                                   in_axes=(sweep.task_axes(tasks),))(tasks)),
-                            np.asarray(tasks.y_p))},
-      steps=steps)
+      task_names=[f"{p}→{h}" for p, h in pairs], tasks=probe,
+      thetas=np.asarray(state.params.theta), index=list(index), rir=ev.rir,
+      ratio_h=ev.ratio_h, ratio_p=ev.ratio_p, dp_loss=ev.dp_loss, test_note=note)
+
+
+def _mnist_images(mnist_workdir, mcfg):
+  from experiments import mnist_pairs  # pylint: disable=g-import-not-at-top
+  meta = json.loads((pathlib.Path(mnist_workdir) / "config.json").read_text())
+  return mnist_pairs.load_images(mcfg, meta.get("mnist_dir"), meta.get("tfds_data_dir"))
 
 
 def _mnist_harmful(mnist_workdir, mcfg, pairs):
   """The harmful (x_h, y_h) of each pair, rebuilt like ``mnist_pairs.build_tasks``."""
-  from experiments import mnist_pairs  # pylint: disable=g-import-not-at-top
   from immujax.data import mnist  # pylint: disable=g-import-not-at-top
-  meta = json.loads((pathlib.Path(mnist_workdir) / "config.json").read_text())
-  images, labels = mnist_pairs.load_images(mcfg, meta.get("mnist_dir"),
-                                           meta.get("tfds_data_dir"))
+  images, labels = _mnist_images(mnist_workdir, mcfg)
   subsets = mnist.digit_subsets(images, labels, n_per_digit=mcfg.n_per_digit, seed=0)
   xs, ys = zip(*(mnist.harmful_task(subsets, int(p), int(h), kind=mcfg.task)
                  for p, h in pairs))
   return np.stack(xs).astype(np.float64), np.stack(ys).astype(np.float64)
 
 
+def _mnist_tests(mnist_workdir, mcfg, pairs, mnist_dir):
+  """Per pair, the held-out one-vs-rest splits of D_P (p) and D_H (h); see the module doc."""
+  from immujax.data import mnist  # pylint: disable=g-import-not-at-top
+  mnist_dir = common.data_dir_from(mnist_dir, "IMMUJAX_MNIST_DIR", "mnist")
+  if mnist_dir is not None and pathlib.Path(mnist_dir).is_dir():
+    images, labels = mnist.load_mnist("idx", mnist_dir=str(mnist_dir), split="test")
+    images = evaluate_bin._pool(images, mcfg.pool)  # pylint: disable=protected-access
+    note = f"held out: the MNIST test split (t10k) from {mnist_dir}, one-vs-rest, balanced"
+  else:
+    all_images, all_labels = _mnist_images(mnist_workdir, mcfg)
+    drawn = mnist.digit_subset_indices(all_labels, n_per_digit=mcfg.n_per_digit, seed=0)
+    rest = np.setdiff1d(np.arange(len(all_labels)), drawn.ravel())
+    if rest.size == 0 or len(np.unique(all_labels[rest])) < 10:
+      return None, ("no held-out split: the run drew every sample image; pass --mnist_dir "
+                    "(the MNIST test split)")
+    images, labels = all_images[rest], all_labels[rest]
+    note = f"held out: the {rest.size} {mcfg.source} images the run did not draw"
+  tests = []
+  for p, h in pairs:
+    x_pt, y_pt = evaluation.one_vs_rest(images, labels, int(p), int(h))
+    x_ht, y_ht = evaluation.one_vs_rest(images, labels, int(h), int(p))
+    tests.append({"x_p_test": x_pt, "y_p_test": y_pt, "x_h_test": x_ht, "y_h_test": y_ht})
+  return tests, note
+
+
+# ------------------------------------------------------------------------- running
+
+
+def run_suite(datasets: Sequence[Dataset], cfg: ml_collections.ConfigDict, *,
+              on_progress: Optional[Callable[[str], None]] = None) -> dict:
+  """Attacks every extractor of every dataset (``evaluation.evaluate_many``).
+
+  Returns:
+    ``{"datasets": {name: {"source", "tasks", "test_note", "index", "rir", "dp_loss",
+    "reports": [one evaluation report per task]}}}``.
+  """
+  out = {"datasets": {}}
+  for ds in datasets:
+    if ds.thetas.shape[2] != ds.thetas.shape[3]:
+      raise ValueError(f"{ds.name}: extractors must be square (D_in, D_in) to be compared "
+                       f"with θ = I; got {ds.thetas.shape[2:]}.")
+    kwargs = config_lib.evaluation_kwargs(cfg, ds.thetas.shape[2])
+    rir = []
+    for t, task in enumerate(ds.tasks):
+      bound = metrics.rir_upper_bound(k_p=task.x_p.T @ task.x_p, k_h=task.x_h.T @ task.x_h)
+      rir.append({"rir": ds.rir[t], "ratio_h": ds.ratio_h[t], "ratio_p": ds.ratio_p[t],
+                  "rir_limit": float(bound.rir_on_range), "rir_bounded": bool(bound.bounded),
+                  "null_space_leak": float(bound.leak)})
+    thetas = [evaluation.validate_extractors(ds.thetas[t], task.d_in,
+                                             name=f"{ds.name} extractors")
+              for t, task in enumerate(ds.tasks)]
+    reports = evaluation.evaluate_many(
+        ds.tasks, thetas, ds.labels, rir=rir,
+        on_progress=None if on_progress is None else (lambda s, n=ds.name: on_progress(
+            f"{n}: {s}")), **kwargs)
+    out["datasets"][ds.name] = {
+        "source": ds.source, "tasks": ds.task_names, "test_note": ds.test_note,
+        "index": ds.index, "rir": ds.rir, "ratio_h": ds.ratio_h, "ratio_p": ds.ratio_p,
+        "dp_loss": ds.dp_loss, "paper_rir_ours": PAPER_RIR_OURS.get(ds.name),
+        "caps": kwargs["caps"], "reports": reports}
+  return out
+
+
 # ------------------------------------------------------------------------- outputs
 
 
-def _fmt_slow(values, bounds) -> str:
-  v = np.asarray(values, float)
-  if not np.all(np.isfinite(v)):
-    return "∞"
-  bounds = set(bounds)
-  if "unknown" in bounds or {"lower", "upper"} <= bounds:
-    return "n/a (budget)"
-  prefix = "≥ " if "lower" in bounds else "≤ " if "upper" in bounds else ""
-  m, s = common.mean_std(v)
-  return f"{prefix}{m:.3g}" + (f" ± {s:.2g}" if len(v) > 1 else "")
+def _cells(d: dict, method: str, getter) -> tuple[np.ndarray, list]:
+  """Values and bounds over (task, seed) of one method: ``getter(report, label)``."""
+  labels = [f"{m}/{s}" for m, s in d["index"] if m == method]
+  vals, bounds = [], []
+  for rep in d["reports"]:
+    for l in labels:
+      v, b = getter(rep, l)
+      vals.append(v)
+      bounds.append(b)
+  return np.asarray(vals, float), bounds
+
+
+def _fmt_cells(vals, bounds, cap, many_tasks: bool) -> str:
+  if not many_tasks:
+    return evaluation.fmt_slowdown(vals, bounds, cap)
+  bset = set(bounds)
+  if bset == {"both"}:
+    return f"both > {cap:.0e} steps"
+  prefix = ("≥ " if "lower" in bset and "upper" not in bset else
+            "≤ " if "upper" in bset and "lower" not in bset else "~ " if bset - {"exact"} else "")
+  censored = sum(b != "exact" for b in bounds)
+  v = vals[np.isfinite(vals)]
+  q = np.percentile(v, [50, 10, 90]) if v.size else [np.nan] * 3
+  note = f"; {censored}/{len(bounds)} at cap {cap:.0e}" if censored else ""
+  return f"{prefix}{q[0]:.3g} [{q[1]:.3g}–{q[2]:.3g}{note}]"
 
 
 def table(results: dict) -> str:
-  """``table.md``: Ours' slow-down under every attacker beside the paper's RIR, then all
-  methods on D_H."""
-  names = results["attackers"]
-  eps = [eps_key(e) for e in results["eps"]]
-  dsets = results["datasets"]
-  metric = "norm_ratio"
-  lines = ["# Attack suite — does immunization survive an attacker that is not plain GD?", "",
-           "Slow-down = steps for the attacker's probe to reach ε on the immunized features / "
-           "steps on the identity features (θ = I). On D_H (harmful) immunization wants it "
-           "≫ 1; on D_P (pre-training) ≈ 1 or below. Steps are read off the norm ratio "
-           "‖w_t − w*‖²/‖w_0 − w*‖² (Eq. 16), w_0 = 0; mean ± std over seeds (MNIST: the mean "
-           "over pairs, per seed). \"≥\": the immunized run did not reach ε within the budget "
-           "(a lower bound); \"≤\": the identity run did not. Expected: GD ∝ κ ratio, "
-           "momentum/CG ∝ √κ ratio, closed form 1.", ""]
-  ours = {k: v["methods"]["ours"] for k, v in dsets.items() if "ours" in v["methods"]}
-  if ours:
-    lines += ["## Ours", ""]
-    head = "| Attacker | expected |"
-    sep = "|---|---|"
-    for ds in ours:
+  """``table.md``: per dataset, every method × attacker on D_H and D_P, then held-out scores."""
+  lines = ["# Attack suite — does immunization slow a real attacker down?", "",
+           "Slow-down = steps for the attacker's probe to reach ε (norm ratio, Eq. 16, w_0 = 0) "
+           "on the immunized features / on θ = I. Budgets adapt: every run stops when it "
+           "reaches ε or at its cap; ≥ (≤) marks a bound when the extractor's (the identity's) "
+           "run hit the cap. House: mean ± std over seeds. MNIST: median [10th–90th "
+           "percentile] over pairs. D_H wants ≫ 1, D_P ≤ 1.", ""]
+  for name, d in results["datasets"].items():
+    reps = d["reports"]
+    many = len(reps) > 1
+    methods = list(dict.fromkeys(m for m, _ in d["index"]))
+    eps = [f"{e:.0e}" for e in reps[0]["eps"]]
+    attackers = reps[0]["attackers"]
+    caps = reps[0]["caps"]
+    lines += [f"## {name} ({len(reps)} task(s); {d['source']})", ""]
+    rir_s = {m: _cells(d, m, lambda r, l: (r["rir"][l], "exact"))[0] for m in methods}
+    dp_s = {m: np.asarray(d["dp_loss"])[:, [i for i, (mm, _) in enumerate(d["index"])
+                                             if mm == m]].ravel() for m in methods}
+    lines += ["| method | RIR | D_P loss (trained) | RIR share of limit |", "|---|---|---|---|"]
+    for m in methods:
+      share = _cells(d, m, lambda r, l: (r["rir_share_of_limit"][l], "exact"))[0]
+      lines.append(f"| {NAMES.get(m, m)} | {common.fmt_pm(rir_s[m], 3)} | "
+                   f"{common.fmt_pm(dp_s[m], 3)} | {common.fmt_pm(share, 2)} |")
+    lines += ["", f"- RIR limit on range(K_P): {common.fmt_pm([r['rir_limit'] for r in reps], 3)};"
+              f" null-space leak {common.fmt_pm([r['null_space_leak'] for r in reps], 3)} "
+              "(> 0: RIR is unbounded over all θ on these data).", ""]
+    for side in evaluation.SIDES:
       for e in eps:
-        head += f" {ds} D_H ε={e} |"
-        sep += "---|"
-      head += f" {ds} D_P ε={eps[-1]} |"
-      sep += "---|"
-    lines += [head, sep]
-    for n in names:
-      row = f"| {n} | {results['expected_scaling'][n]} |"
-      for ds, r in ours.items():
-        for e in eps + [None]:
-          side, e = ("D_P", eps[-1]) if e is None else ("D_H", e)
-          row += f" {_fmt_slow(r['slowdown'][side][n][metric][e], r['bound'][side][n][metric][e])} |"
-      lines.append(row)
-    for label, f in (("κ ratio (theory for GD)", lambda x: x),
-                     ("√κ ratio (theory for momentum, CG)", np.sqrt)):
-      row = f"| {label} | |"
-      for ds, r in ours.items():
-        kh = f(np.asarray(r["kappa_ratio"]["D_H"], float))
-        kp = f(np.asarray(r["kappa_ratio"]["D_P"], float))
-        row += f" {common.mean_std(kh)[0]:.3g} |" * len(eps) + f" {common.mean_std(kp)[0]:.3g} |"
-      lines.append(row)
-    lines += [""]
-    for ds, r in ours.items():
-      paper = dsets[ds]["paper_rir_ours"]
-      lines.append(f"- {ds}: RIR of Ours measured **{common.fmt_pm(r['mean_rir_per_seed'], 4)}**"
-                   f" (paper: {paper if paper is not None else 'n/a'}); "
-                   f"{len(dsets[ds]['tasks'])} task(s), budget {dsets[ds]['budget']} steps; "
-                   f"source {dsets[ds]['source']}.")
-    lines.append("")
-  for ds, d in dsets.items():
-    e = eps[-1]
-    lines += [f"## {ds}: every method, D_H, ε = {e}", "",
-              "| Method | RIR | " + " | ".join(names) + " |",
-              "|---|---|" + "---|" * len(names)]
-    ident = [np.asarray(d["identity"]["steps"]["D_H"][n][metric][e]) for n in names]
-    lines.append("| Identity (steps) | 1 | " + " | ".join(
-        f"> {d['budget']}" if np.any(v >= d["sentinel"]) else f"{np.mean(v):.4g}"
-        for v in ident) + " |")
-    for m, r in d["methods"].items():
-      lines.append(f"| {NAMES.get(m, m)} | {common.fmt_pm(r['mean_rir_per_seed'], 3)} | "
-                   + " | ".join(_fmt_slow(r["slowdown"]["D_H"][n][metric][e],
-                                          r["bound"]["D_H"][n][metric][e]) for n in names)
-                   + " |")
-    lines.append("")
+        lines += [f"### {name}: slow-down on {side}, ε = {e}", "",
+                  "| method | " + " | ".join(attackers) + " |",
+                  "|---|" + "---|" * len(attackers)]
+        ident = [np.asarray([r["steps"][a][side]["identity"][e] for r in reps]) for a in attackers]
+        lines.append("| θ = I (steps) | " + " | ".join(
+            (f"> {caps[a]:.0e} (cap)" if np.all(v > caps[a])
+             else f"{np.median(v):.4g}" + (" (median)" if many else ""))
+            for a, v in zip(attackers, ident)) + " |")
+        for m in methods:
+          row = f"| {NAMES.get(m, m)} |"
+          for a in attackers:
+            vals, bounds = _cells(d, m, lambda r, l: (r["slowdown"][a][side][e][l]["value"],
+                                                      r["slowdown"][a][side][e][l]["bound"]))
+            row += f" {_fmt_cells(vals, bounds, caps[a], many)} |"
+          lines.append(row)
+        lines.append("")
+    ft_reps = [r for r in reps if r["fine_tuning"]]
+    if ft_reps:
+      metric = next(iter(ft_reps[0]["test_accuracy"]["D_H"].values()))["metric"]
+      fr = list(next(iter(ft_reps[0]["fine_tuning"]["D_H"].values())))
+      lines += [f"### {name}: held-out {metric} under fine-tuning ({d['test_note']})", "",
+                f"Final held-out {metric} on D_H (θ vs θ = I), and the slow-down to reach "
+                f"{' / '.join(fr)} of θ = I's final {metric} (steps read on a log grid).", "",
+                "| attacker | method | D_H final (θ = I) | D_H final (θ) | D_H best (θ = I) | "
+                "D_H best (θ) | " + " | ".join(f"slow-down to {f}" for f in fr) + " |",
+                "|---|---|---|---|---|---|" + "---|" * len(fr)]
+      for a in reps[0]["test_attackers"]:
+        for m in methods:
+          fin, fin_id, best, best_id = [], [], [], []
+          for r in ft_reps:
+            c = r["test_accuracy"]["D_H"][a]
+            fin_id.append(c["identity"][-1])
+            best_id.append(np.max(c["identity"]))
+            fin += [c["extractor"][l][-1] for l in c["extractor"] if l.split("/")[0] == m]
+            best += [np.max(c["extractor"][l]) for l in c["extractor"] if l.split("/")[0] == m]
+          row = (f"| {a} | {NAMES.get(m, m)} | {common.fmt_pm(fin_id, 3)} | "
+                 f"{common.fmt_pm(fin, 3)} | {common.fmt_pm(best_id, 3)} | "
+                 f"{common.fmt_pm(best, 3)} |")
+          for f in fr:
+            vals, bounds = _cells({**d, "reports": ft_reps}, m, lambda r, l: (
+                r["fine_tuning"]["D_H"][a][f]["extractor"][l]["value"],
+                r["fine_tuning"]["D_H"][a][f]["extractor"][l]["bound"]))
+            row += f" {_fmt_cells(vals, bounds, caps[a], many)} |"
+          lines.append(row)
+      lines += ["", f"Definition 3.1(c) on held-out D_P: the closed-form probe's {metric} on θ "
+                "vs θ = I.", "", "| method | D_P held-out (θ = I) | D_P held-out (θ) | "
+                "difference |", "|---|---|---|---|"]
+      for m in methods:
+        ident = [r["dp_probe"]["identity"]["test_score"] for r in ft_reps]
+        vals, _ = _cells({**d, "reports": ft_reps}, m, lambda r, l: (
+            r["dp_probe"]["extractor"][l]["test_score"], "exact"))
+        diff, _ = _cells({**d, "reports": ft_reps}, m, lambda r, l: (
+            r["dp_probe"]["extractor"][l]["test_score"] - r["dp_probe"]["identity"]["test_score"],
+            "exact"))
+        lines.append(f"| {NAMES.get(m, m)} | {common.fmt_pm(ident, 4)} | "
+                     f"{common.fmt_pm(vals, 4)} | {common.fmt_pm(diff, 3)} |")
+      lines.append("")
+    else:
+      lines += [f"- {d['test_note'] or 'no held-out split'}.", ""]
   return "\n".join(lines)
 
 
-def plot_curves(curves: dict, path: pathlib.Path, seed: int) -> None:
-  """``attack_curves.png``: one panel per attacker (rows: datasets), norm ratio on D_H."""
+def plot_curves(results: dict, path: pathlib.Path, seed: int) -> None:
+  """``attack_curves.png``: per dataset, norm ratio and held-out score on D_H (first task)."""
   plt = common.matplotlib_agg()
-  dsets = [d for d in curves if curves[d]]
-  names = list(next(iter(curves.values()))) if dsets else []
-  ncols = min(4, max(len(names), 1))
-  rows_per = -(-len(names) // ncols)
-  fig, axes = plt.subplots(rows_per * len(dsets), ncols, squeeze=False,
-                           figsize=(4 * ncols, 3.2 * rows_per * len(dsets)))
+  dsets = list(results["datasets"])
+  reps = {n: results["datasets"][n]["reports"][0] for n in dsets}
+  names = reps[dsets[0]]["test_attackers"] if dsets else []
+  rows = 2 * len(dsets)
+  fig, axes = plt.subplots(max(rows, 1), max(len(names), 1), squeeze=False,
+                           figsize=(3.8 * max(len(names), 1), 3.0 * max(rows, 1)))
   for a in axes.flat:
     a.set_visible(False)
   for di, ds in enumerate(dsets):
-    for k, name in enumerate(names):
-      ax = axes[di * rows_per + k // ncols, k % ncols]
-      ax.set_visible(True)
-      for label, c in curves[ds][name].items():
-        ax.semilogy(np.maximum(np.asarray(c, float), 1e-300), label=NAMES.get(label, label),
-                    lw=1.2 if label == "identity" else 1.0,
-                    color="black" if label == "identity" else None)
-      ax.set_title(f"{ds}: {name} (D_H, seed {seed})", fontsize=9)
-      ax.set_xlabel("attacker steps")
-      ax.set_ylabel("‖w_t − w*‖² / ‖w_0 − w*‖²")
-      ax.set_ylim(1e-12, 10)
-      ax.legend(fontsize=7)
+    rep = reps[ds]
+    for j, name in enumerate(names):
+      for k, key in enumerate(("norm_ratio", "test_accuracy")):
+        c = rep[key].get("D_H", {}).get(name)
+        if c is None:
+          continue
+        ax = axes[2 * di + k, j]
+        ax.set_visible(True)
+        x = np.maximum(np.asarray(c["steps"], float), 0.5)
+        plot = ax.loglog if key == "norm_ratio" else ax.semilogx
+        ys = (lambda v: np.maximum(np.asarray(v, float), 1e-300)) if key == "norm_ratio" else (
+            lambda v: v)
+        plot(x, ys(c["identity"]), color="black", lw=1.5, label="θ = I")
+        for label, v in c["extractor"].items():
+          if label.endswith(f"/{seed}"):
+            plot(x, ys(v), lw=1.0, label=NAMES.get(label.split("/")[0], label))
+        ax.set_title(f"{ds} {results['datasets'][ds]['tasks'][0]}: {name}", fontsize=9)
+        ax.set_xlabel("attacker steps")
+        ax.set_ylabel("norm ratio (D_H)" if key == "norm_ratio" else
+                      f"held-out {c['metric']} (D_H)", fontsize=8)
+        ax.legend(fontsize=6)
   fig.tight_layout()
   common.save_figure(path, fig)
 
 
 def run(cfg: ml_collections.ConfigDict, workdir, *, house_workdir=None, mnist_workdir=None,
-        recompute: bool = False, data_dir=None, max_pairs: Optional[int] = None) -> dict:
-  """Loads (or recomputes) the extractors, attacks them, writes the three outputs.
+        recompute: bool = False, data_dir=None, mnist_dir=None,
+        max_pairs: Optional[int] = None, recompute_overrides: Optional[dict] = None) -> dict:
+  """Validates, loads (or recomputes) the extractors, attacks them, writes the outputs.
 
-  Args:
-    cfg: the attack-suite config.
-    workdir: output directory (``--workdir``).
-    house_workdir: a finished house_price workdir (``--house_workdir``).
-    mnist_workdir: a finished mnist_pairs workdir (``--mnist_workdir``).
-    recompute: train house-price extractors in-process (``--recompute``).
-    data_dir: house-price data (``--data_dir``).
-    max_pairs: MNIST pairs to attack (``--max_pairs``; default ``cfg.max_pairs``).
+  Every input is validated and loaded before anything is written into ``workdir``.
 
   Returns:
     The results dict written to ``results.json``.
   """
   if not jax.config.jax_enable_x64:
     raise ValueError("enable float64 first: jax.config.update('jax_enable_x64', True).")
+  workdir = common.validate_workdir(workdir)
   if recompute and house_workdir:
     raise ValueError("--recompute and --house_workdir both provide house-price extractors; "
                      "pass only one.")
@@ -586,35 +546,32 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, house_workdir=None, mnist_wo
                      " --mnist_workdir=<finished mnist_pairs workdir>, or --recompute "
                      "(with --data_dir).")
   max_pairs = cfg.max_pairs if max_pairs is None else max_pairs
-  if max_pairs < 1:
-    raise ValueError(f"--max_pairs must be >= 1; got {max_pairs}.")
-  attacker_names(cfg)  # validate before any expensive work
-  workdir = pathlib.Path(workdir)
+  common.validate_positive_int(max_pairs, "--max_pairs")
+  config_lib.evaluation_kwargs(cfg, 1)      # validate the settings before any work
   t_start = time.perf_counter()
   datasets = []
   if recompute:
-    datasets.append(recompute_house(data_dir, variant=cfg.recompute_variant,
-                                    steps=cfg.house_steps,
-                                    overrides=cfg.recompute_overrides.to_dict(),
+    datasets.append(recompute_house(data_dir, overrides=recompute_overrides,
                                     on_progress=common.ProgressPrinter("train house")))
   elif house_workdir:
-    datasets.append(load_house_workdir(house_workdir, data_dir, steps=cfg.house_steps))
+    datasets.append(load_house_workdir(house_workdir, data_dir))
   if mnist_workdir:
     datasets.append(load_mnist_workdir(mnist_workdir, max_pairs=max_pairs,
-                                       steps=cfg.mnist_steps))
+                                       mnist_dir=mnist_dir))
   for ds in datasets:
+    kw = config_lib.evaluation_kwargs(cfg, ds.thetas.shape[2])
     print(f"[attacks] {ds.name}: {len(ds.tasks)} task(s) × {len(ds.index)} extractors + "
-          f"identity, D = {ds.thetas.shape[-1]}, budget {ds.steps} steps ({ds.source})",
-          flush=True)
-  results, curves = run_suite(datasets, cfg, on_progress=common.ProgressPrinter(
-      "attacks", summarize=lambda label: label))
+          f"identity, D = {ds.thetas.shape[-1]}, caps {kw['caps']} ({ds.source}; "
+          f"{ds.test_note})", flush=True)
+  results = run_suite(datasets, cfg, on_progress=lambda s: print(
+      f"[attacks] done {s} ({time.perf_counter() - t_start:.0f} s)", flush=True))
   results["config"] = cfg.to_dict()
   results["wall_time_s"] = time.perf_counter() - t_start
-  workdir.mkdir(parents=True, exist_ok=True)
+  text = table(results)
   common.write_json(workdir / "results.json", results)
-  common.write_text(workdir / "table.md", table(results))
-  plot_curves(curves, workdir / "attack_curves.png", cfg.curve_seed)
-  print((workdir / "table.md").read_text())
+  common.write_text(workdir / "table.md", text)
+  plot_curves(results, workdir / "attack_curves.png", cfg.curve_seed)
+  print(text)
   print(f"wrote {workdir}/results.json, table.md, attack_curves.png "
         f"({results['wall_time_s']:.1f} s)")
   return results
@@ -623,11 +580,11 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, house_workdir=None, mnist_wo
 def main(argv):
   del argv
   common.enable_float64()
-  run(_CONFIG.value, _WORKDIR.value, house_workdir=_HOUSE_WORKDIR.value,
-      mnist_workdir=_MNIST_WORKDIR.value, recompute=_RECOMPUTE.value,
-      data_dir=_DATA_DIR.value, max_pairs=_MAX_PAIRS.value)
+  run(_FLAGS["config"].value, _FLAGS["workdir"].value,
+      house_workdir=_FLAGS["house_workdir"].value, mnist_workdir=_FLAGS["mnist_workdir"].value,
+      recompute=_FLAGS["recompute"].value, data_dir=_FLAGS["data_dir"].value,
+      mnist_dir=_FLAGS["mnist_dir"].value, max_pairs=_FLAGS["max_pairs"].value)
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  common.run(main, define_flags=_define_flags)
