@@ -18,7 +18,6 @@ import os
 import pathlib
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -222,26 +221,40 @@ def test_verbose_shows_the_traceback(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def test_interrupt_during_compilation_leaves_no_workdir(tmp_path):
-  """A failure after the workdir was claimed but before the first checkpoint (Ctrl-C while
-  the first chunk compiles) restores the workdir: here it did not exist, so it is removed."""
-  if not HAVE_HOUSE:
-    pytest.skip(f"real house-price data not found at {HOUSE}; set IMMUJAX_DATA_DIR")
+_FAIL_AFTER_CLAIM = """
+import sys
+from experiments import common
+def main(argv):
+  common.claim_workdir(sys.argv[1], {"steps": 10})
+  (common.pathlib.Path(sys.argv[1]) / "checkpoints").mkdir()   # as orbax does, still empty
+  raise ERROR
+common.run(main)
+"""
+
+
+@pytest.mark.parametrize("error, code, message", [
+    ("ValueError('out of memory while building the tasks')", 2,
+     "error: out of memory while building the tasks"),
+    ("KeyboardInterrupt()", 130,
+     "error: interrupted; nothing was saved, the workdir is as it was."),
+])
+@pytest.mark.parametrize("existing", [False, True])
+def test_failure_after_claim_before_first_checkpoint_restores_workdir(tmp_path, error, code,
+                                                                      message, existing):
+  """A failure after the workdir was claimed but before the first checkpoint (e.g. Ctrl-C
+  while the first chunk compiles) puts the workdir back as it was."""
   workdir = tmp_path / "w"
-  cmd = [sys.executable, "-u", "-m", H, f"--workdir={workdir}", HOUSE_CFG, f"--data_dir={HOUSE}"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  claimed = False
-  for line in proc.stdout:
-    if "compiling the first chunk" in line:
-      claimed = (workdir / "config.json").is_file()
-      proc.send_signal(signal.SIGINT)
-      break
-  _, err = proc.communicate(timeout=120)
-  assert claimed, "the workdir should be claimed before compilation"
-  assert proc.returncode == 130, err[-2000:]
-  assert err.strip() == "error: interrupted; nothing was saved, the workdir is as it was."
-  assert not workdir.exists()
+  if existing:
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("mine")
+    (workdir / "config.json").write_text("{}")
+  before = _snapshot(workdir)
+  proc = subprocess.run([sys.executable, "-c", _FAIL_AFTER_CLAIM.replace("ERROR", error),
+                         str(workdir)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == code, proc.stderr[-2000:]
+  assert proc.stderr.strip() == message
+  assert _snapshot(workdir) == before
 
 
 def test_enough_cases():
