@@ -20,6 +20,12 @@ momenta, learning rates) may be arrays, so they can be vmapped too. A lone ``key
 is fine when ``init="zeros"``. Under jit, pass it consistently (always a key, or always
 ``None``), since the two spellings compile separately.
 
+**Adaptive budgets.** :func:`run_until` runs any of these attackers in a ``lax.while_loop``
+until it reaches given tolerances, or a cap (10⁷ steps cost only what is needed), on the
+probe's sufficient statistics in the eigenbasis of ``ΦᵀΦ`` (:func:`quadratic_probe`): every
+rotation-invariant attacker then costs ``O(D)`` per step, Adam ``O(D²)``. A count that hit the
+cap is the sentinel ``cap + 1``. ``immujax.evaluation`` builds the slow-down tables on it.
+
 **Metrics.** The per-step metrics are computed inside the scan, so memory is
 ``O(steps)`` unless ``return_iterates=True``. With ``w* = Φ⁺Y`` (the minimum-norm least-squares
 solution) and ``L* = L(w*)``:
@@ -91,7 +97,11 @@ __all__ = [
     "logistic_lbfgs",
     "logistic_reference",
     "nesterov",
+    "QuadraticProbe",
+    "Reached",
     "probe_problem",
+    "quadratic_probe",
+    "run_until",
     "slowdown_factor",
     "steps_to_tolerance",
 ]
