@@ -444,8 +444,14 @@ def run(main: Callable[[list[str]], Any], *, define_flags: Callable[[], None] | 
       if isinstance(e, known):
         _fail(_one_line(str(e)) or type(e).__name__)
       if isinstance(e, KeyboardInterrupt):
-        _fail("interrupted; " + (f"rerun the same command to resume from {kept[0]}." if kept
-                                 else "nothing was saved, the workdir is as it was."), 130)
+        print("error: interrupted; " + (
+            f"rerun the same command to resume from {kept[0]}." if kept
+            else "nothing was saved, the workdir is as it was."), file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit: tearing the interpreter down while XLA is still compiling on its own
+        # threads can crash (observed: SIGSEGV after Ctrl-C during compilation).
+        os._exit(130)
       raise
 
   app.run(wrapped, flags_parser=_parse_flags)
