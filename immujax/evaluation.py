@@ -20,8 +20,9 @@ identity's did, ``"both"`` when both did) and the cap, never dropped.
 **Held-out accuracy under fine-tuning.** The probe ``w_t`` is recorded on a log grid of steps
 (``record_grid``). Its test score on the held-out split — accuracy of ``Xθw_t > 1/2`` for
 {0, 1} labels, R² for regression — gives a curve per attacker, extractor and side
-(:func:`test_scores`). The steps to reach a fraction (90 %, 99 %) of the identity's final
-score give a second slow-down (:func:`steps_to_score`), read on the grid, so they are
+(:func:`test_scores`). The steps to reach a fraction (90 %, 99 %) of the identity's best
+score along its trajectory (its final score when it has converged and does not overfit)
+give a second slow-down (:func:`steps_to_score`), read on the grid, so they are
 resolved to the grid spacing (``points_per_decade``). The closed-form probe's D_P score on θ
 versus on θ = I is Definition 3.1(c) on held-out data.
 
@@ -440,7 +441,7 @@ def evaluate_many(tasks: Sequence[ProbeData], thetas: Sequence[np.ndarray],
     eps: tolerances of the slow-down table.
     caps: attacker → step cap (``"default"`` for the rest).
     points_per_decade: density of the recording grid.
-    fractions: targets (fractions of the identity's final held-out score).
+    fractions: targets (fractions of the identity's best held-out score on the grid).
     attacker_kwargs: attacker → hyperparameters.
     rir: per task, precomputed ``{"rir", "ratio_h", "ratio_p", "rir_limit", "rir_bounded",
       "null_space_leak"}`` (e.g. from a workdir), or None to compute them here.
@@ -536,7 +537,11 @@ def evaluate_many(tasks: Sequence[ProbeData], thetas: Sequence[np.ndarray],
               "extractor": dict(zip(labels, s_ext))}
           ft = {}
           for f in fractions:
-            target = f * s_id[-1]
+            # The identity's best held-out score along its trajectory: what an attacker who
+            # early-stops on a validation set gets. (On house prices the converged
+            # least-squares probe overfits 200 rows, held-out R² ≈ −9, so "final" would be a
+            # meaningless target; on MNIST best ≈ final.)
+            target = f * np.max(s_id)
             st_id = int(steps_to_score(s_id, grid, target))
             st_ext = [int(steps_to_score(s, grid, target)) for s in s_ext]
             vals, bounds = slowdown(st_ext, st_id, cap_imm=int(grid[-1]))
@@ -657,8 +662,8 @@ def report_markdown(report: dict, *, title: str = "Extractor evaluation") -> str
   if report["fine_tuning"]:
     metric = next(iter(next(iter(report["test_accuracy"].values())).values()))["metric"]
     lines += [f"## Held-out {metric} under fine-tuning", "",
-              "Steps (on the recording grid) for the probe to reach a fraction of θ = I's final "
-              f"held-out {metric}, and the slow-down.", "",
+              "Steps (on the recording grid) for the probe to reach a fraction of θ = I's best "
+              f"held-out {metric} along its trajectory, and the slow-down.", "",
               "| side | attacker | extractor | final (θ = I) | final (θ) | " + " | ".join(
                   f"steps to {f} (I → θ) | slow-down {f}" for f in
                   next(iter(next(iter(report["fine_tuning"].values())).values()))) + " |"]

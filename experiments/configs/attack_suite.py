@@ -41,6 +41,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Attacker hyperparameters other than their tuned defaults (immujax.attacks), by name.
   c.attacker_kwargs = ml_collections.ConfigDict({"adam": {"learning_rate": 1e-2}})
   c.curve_seed = 0                           # attack_curves.png shows this seed
+  # attack_suite: also attack a Haar-random orthogonal θ (RIR = 1): any slow-down it shows
+  # comes from rotating the features (Adam is coordinate-wise), not from κ.
+  c.rotation_control = True
   if variant == "quick":
     c.attackers = "gd_line_search,cg,closed_form"
     c.test_attackers = "gd_line_search,closed_form"
