@@ -93,20 +93,28 @@ def test_lora_matrix_shape():
     deep.lora_matrix_shape(("bn", "scale"), (8,))
 
 
-def test_lora_on_a_vit_stage_starts_at_the_base_model():
-  model = models.tiny_vit(num_classes=4)
-  variables = models.init(model, jax.random.key(0), (1, 8, 8, 1))
-  trainable, frozen = deep.split_variables(model, variables)
-  ext = trainable[models.EXTRACTOR]
-  lora = deep.lora_init(ext, jax.random.key(1), rank=2)
-  assert any("query" in k for k in lora) and any("out" in k for k in lora)
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)), jnp.float32)
-  spec = deep.FinetuneSpec(model, C, adapter="lora", rank=2)
-  head = _random_head(32)
-  a = deep.finetune_logits(spec, {"stage": lora, "head": head}, ext, frozen, x)
-  b = deep.finetune_logits(deep.FinetuneSpec(model, C), {"stage": ext, "head": head}, ext,
-                           frozen, x)
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+def test_lora_on_attention_kernels_uses_the_input_output_view():
+  # A ViT-like stage (no model needed: the adapted output is a function of the merged tree).
+  rng = np.random.default_rng(0)
+  stage = {"attn": {"query": {"kernel": rng.normal(size=(8, 2, 4)), "bias": np.ones((2, 4))},
+                    "out": {"kernel": rng.normal(size=(2, 4, 8))}},
+           "mlp": {"kernel": rng.normal(size=(8, 16))}, "norm": {"scale": np.ones(8)}}
+  stage = jax.tree.map(jnp.asarray, stage)
+  lora = deep.lora_init(stage, jax.random.key(1), rank=3)
+  assert sorted(lora) == ["attn/out/kernel", "attn/query/kernel", "mlp/kernel"]
+  assert lora["attn/query/kernel"]["a"].shape == (8, 3)      # (D, r): inputs = D
+  assert lora["attn/query/kernel"]["b"].shape == (3, 8)      # (r, H·d_h)
+  assert lora["attn/out/kernel"]["a"].shape == (8, 3)        # inputs = H·d_h
+  for a, b in zip(jax.tree.leaves(deep.lora_merge(stage, lora)), jax.tree.leaves(stage)):
+    np.testing.assert_array_equal(a, b)
+  f = lora["attn/query/kernel"]
+  lora["attn/query/kernel"] = {"a": f["a"], "b": jnp.ones_like(f["b"])}
+  merged = deep.lora_merge(stage, lora, scale=2.0)
+  delta = merged["attn"]["query"]["kernel"] - stage["attn"]["query"]["kernel"]
+  np.testing.assert_allclose(delta, (2.0 * f["a"] @ jnp.ones((3, 8))).reshape(8, 2, 4),
+                             rtol=1e-12)
+  with pytest.raises(ValueError, match="no kernel"):
+    deep.lora_merge({"mlp": {"kernel": stage["mlp"]["kernel"]}}, lora)
 
 
 @pytest.mark.parametrize("adapter", ["full", "lora"])
@@ -152,9 +160,10 @@ def test_finetune_step_is_adam_with_learning_rate_lr():
     logits = deep.finetune_logits(spec, p, ext, frozen, x)
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
+  grad = jax.jit(jax.grad(loss))
   for _ in range(2):
     state, _ = step(state, ext, frozen, x, y, jnp.asarray(lr))
-    u, ref_state = opt.update(jax.grad(loss)(ref_params), ref_state, ref_params)
+    u, ref_state = opt.update(grad(ref_params), ref_state, ref_params)
     ref_params = optax.apply_updates(ref_params, u)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
