@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from immujax import baselines
+from immujax import extreme_eigs
 from immujax import regularizers
 from immujax import spectral
 
@@ -206,13 +207,20 @@ def supervised_loss(theta: Array, omega: Array, task: Task, loss: str) -> Array:
 # --- one step ---------------------------------------------------------------------------------
 
 class Terms(NamedTuple):
-  """Per-step diagnostics (scalars per run)."""
+  """Per-step diagnostics (scalars per run).
+
+  ``eig_residual`` is the largest ``‖Sv − λv‖/‖S‖`` of the four extreme pairs the step used
+  (both ends of H_P and H_H), and ``eig_ok`` says whether the warm-started extremes
+  (:mod:`immujax.extreme_eigs`) passed their checks; both are 0 / True on the exact path.
+  """
   supervised: Array
   r_well: Array
   r_ill: Array
   log_kappa_p: Array
   log_kappa_h: Array
   imma: Array
+  eig_residual: Array
+  eig_ok: Array
 
 
 class Params(NamedTuple):
@@ -222,7 +230,8 @@ class Params(NamedTuple):
 
 def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse",
               imma_steps: int = 5, rtol: float | None = None,
-              preconditioned_only: bool = False) -> tuple[Params, Terms]:
+              preconditioned_only: bool = False, basis: extreme_eigs.Basis | None = None,
+              exact: bool = False) -> tuple[Params, Terms, extreme_eigs.Basis | None]:
   """The update direction of Alg. 1 (and the baselines) at ``params``.
 
   Returns ``(d, terms)`` where ``d`` is what gradient descent subtracts (times η):
@@ -240,14 +249,20 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
     preconditioned_only: static promise that every spectral term is preconditioned
       (``weights.precondition == 1``, e.g. a batch of Ours runs only): the plain-gradient
       products ``Kθ G`` are then not formed (a third fewer matmuls with roots).
+    basis: warm-start blocks of the two probe Hessians (``Basis`` with a leading axis of 2:
+      P, H), for tasks with roots. Given, the extremes come from
+      :func:`extreme_eigs.warm` instead of a full ``eigh``; ``None`` uses ``eigh``.
+    exact: with ``basis``, compute the extremes with ``eigh`` anyway (static) and return
+      the basis for the next step — the fallback for runs whose warm check failed.
 
   Returns:
-    ``(Params of directions, Terms of values)``.
+    ``(Params of directions, Terms of values, next basis or None)``.
   """
   theta, omega = params
   sup, (g_theta, g_omega) = jax.value_and_grad(supervised_loss, argnums=(0, 1))(
       theta, omega, task, loss)
-  kp_theta, kh_theta, h_p, h_h, e_p, e_h = _hessians_and_extremes(theta, task, rtol)
+  kp_theta, kh_theta, h_p, h_h, e_p, e_h, basis, check = _hessians_and_extremes(
+      theta, task, rtol, basis=basis, exact=exact)
   well = regularizers.r_well_value_and_grad(h_p, e_p)
   ill = regularizers.r_ill_value_and_grad(h_h, e_h, rtol=rtol)
   lk_p = baselines.log_kappa_value_and_grad(h_p, e_p)
@@ -279,32 +294,65 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
   else:
     imma_loss = jnp.zeros_like(sup)
   d_omega = weights.supervised * g_omega
-  terms = Terms(sup, well.value, ill.value, lk_p.value, lk_h.value, imma_loss)
-  return Params(d_theta, d_omega), terms
+  terms = Terms(sup, well.value, ill.value, lk_p.value, lk_h.value, imma_loss,
+                jnp.max(jnp.maximum(check.residual_max, check.residual_min)),
+                jnp.all(check.ok))
+  return Params(d_theta, d_omega), terms, basis
 
 
-def _hessians_and_extremes(theta, task, rtol):
-  """``(Kθ for P and H, H_P, H_H, Extremes of both)`` — ONE batched eigendecomposition.
+def _hessians_and_extremes(theta, task, rtol, *, basis=None, exact=False):
+  """``(Kθ for P and H, H_P, H_H, Extremes of both, next basis, Check)``.
 
-  Besides halving dispatch overhead, stacking both Hessians avoids two concurrent LAPACK
-  custom calls, which deadlocked XLA:CPU's small intra-op thread pool on this 2-core machine
-  (jaxlib 0.10.2; see BUILD_NOTES.md). With roots (``Task.root_p``) the eigendecomposition is
-  of the ``r × r`` Grams; ``Kθ = Rᵀ(Rθ)`` is then formed only if a caller uses it (XLA drops
-  it otherwise, e.g. for ``preconditioned_only`` steps).
+  Both Hessians are decomposed in ONE batched call: besides halving dispatch overhead,
+  stacking them avoids two concurrent LAPACK custom calls, which deadlocked XLA:CPU's small
+  intra-op thread pool on this 2-core machine (jaxlib 0.10.2; see BUILD_NOTES.md). With
+  roots (``Task.root_p``) the spectra come from the ``r × r`` Grams — warm-started
+  (:func:`extreme_eigs.warm`) when a ``basis`` is given, else one ``eigh`` each; ``Kθ =
+  Rᵀ(Rθ)`` is then formed only if a caller uses it (XLA drops it otherwise, e.g. for
+  ``preconditioned_only`` steps).
   """
   if task.root_p is None:
+    if basis is not None:
+      raise ValueError("warm-started extremes need tasks with roots (`Task.root_p`); build "
+                       "the tasks with roots or start the runs without a basis.")
     kp_theta, kh_theta = task.k_p @ theta, task.k_h @ theta
     h_p = _sym(theta.T @ kp_theta)
     h_h = _sym(theta.T @ kh_theta)
     e = jax.vmap(functools.partial(spectral.extremes, rtol=rtol))(jnp.stack([h_p, h_h]))
+    zero = jnp.zeros((2,), theta.dtype)
+    check = extreme_eigs.Check(zero, zero, jnp.zeros((2,), jnp.int32), jnp.ones((2,), bool))
   else:
     b_p, b_h = task.root_p @ theta, task.root_h @ theta
     h_p, h_h = _sym(b_p.T @ b_p), _sym(b_h.T @ b_h)
     kp_theta, kh_theta = task.root_p.T @ b_p, task.root_h.T @ b_h
-    e = jax.vmap(functools.partial(spectral.gram_extremes, rtol=rtol))(jnp.stack([b_p, b_h]))
+    bs = jnp.stack([b_p, b_h])
+    if basis is None:
+      e = jax.vmap(functools.partial(spectral.gram_extremes, rtol=rtol))(bs)
+      zero = jnp.zeros((2,), theta.dtype)
+      check = extreme_eigs.Check(zero, zero, jnp.zeros((2,), jnp.int32), jnp.ones((2,), bool))
+    elif exact:
+      e, basis, check = jax.vmap(functools.partial(
+          extreme_eigs.exact, block=basis.bottom.shape[-1], rtol=rtol))(bs)
+    else:
+      e, basis, check = jax.vmap(functools.partial(extreme_eigs.warm, rtol=rtol))(bs, basis)
   e_p = jax.tree.map(lambda a: a[0], e)
   e_h = jax.tree.map(lambda a: a[1], e)
-  return kp_theta, kh_theta, h_p, h_h, e_p, e_h
+  return kp_theta, kh_theta, h_p, h_h, e_p, e_h, basis, check
+
+
+def initial_basis(theta: Array, task: Task, *, block: int = extreme_eigs.DEFAULT_BLOCK,
+                  rtol: float | None = None) -> extreme_eigs.Basis:
+  """Warm-start blocks for both probe Hessians at ``theta`` (one exact ``eigh`` each).
+
+  Returns:
+    :class:`extreme_eigs.Basis` with a leading axis of 2 (P, H), blocks ``(2, r, block)``.
+  """
+  if task.root_p is None:
+    raise ValueError("`task` has no roots (`Task.root_p`); warm-started extremes work on the "
+                     "rank × rank Grams of the root path.")
+  bs = jnp.stack([task.root_p @ theta, task.root_h @ theta])
+  _, basis, _ = jax.vmap(functools.partial(extreme_eigs.exact, block=block, rtol=rtol))(bs)
+  return basis
 
 
 def _flush_subnormal(x):
@@ -318,10 +366,16 @@ def _sym(h):
 
 
 class State(NamedTuple):
-  """Training state of one run (a pytree of arrays; batched runs stack it)."""
+  """Training state of one run (a pytree of arrays; batched runs stack it).
+
+  ``basis`` holds the warm-start blocks of the extreme eigenvectors of both probe Hessians
+  (:func:`initial_basis`); it is part of the state so that it is checkpointed and a resumed
+  run stays bit-identical. ``None`` runs every step with a full ``eigh``.
+  """
   params: Params
   opt_state: optax.OptState
   step: Array
+  basis: extreme_eigs.Basis | None = None
 
 
 def _clipped_sgd(learning_rate, max_norm):
@@ -372,28 +426,34 @@ def init_params(key: Array, d_in: int, d_hid: int | None = None, *,
 
 
 def init_state(params: Params, learning_rate, max_norm=jnp.inf,
-               optimizer: Callable[..., optax.GradientTransformation] = sgd) -> State:
-  """Wraps initial params with the optimizer state; hyperparameters may be arrays."""
+               optimizer: Callable[..., optax.GradientTransformation] = sgd,
+               basis: extreme_eigs.Basis | None = None) -> State:
+  """Wraps initial params with the optimizer state; hyperparameters may be arrays.
+
+  Pass ``basis`` (:func:`initial_basis`) to run the steps with warm-started extremes.
+  """
   tx = optimizer(learning_rate, max_norm)
-  return State(params, tx.init(params), jnp.zeros((), jnp.int32))
+  return State(params, tx.init(params), jnp.zeros((), jnp.int32), basis)
 
 
 def direction_norm(params: Params, task: Task, weights: Weights, **kwargs) -> Array:
   """Global norm of :func:`direction` at ``params`` (used to set a run's ``max_norm``)."""
-  d, _ = direction(params, task, weights, **kwargs)
+  d, _, _ = direction(params, task, weights, **kwargs)
   return optax.global_norm(d)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol", "optimizer",
-                                             "preconditioned_only"))
+                                             "preconditioned_only", "exact"))
 def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: str = "mse",
               imma_steps: int = 5, rtol: float | None = None,
               optimizer: Callable[..., optax.GradientTransformation] = sgd,
-              preconditioned_only: bool = False) -> tuple[State, Terms]:
+              preconditioned_only: bool = False, exact: bool = False) -> tuple[State, Terms]:
   """Runs ``steps`` iterations of Alg. 1 with ``lax.scan`` (one compiled chunk).
 
   The optimizer's hyperparameters live in ``state.opt_state`` (see :func:`sgd`), so this
-  function is pure in ``(state, task, weights)`` and vmaps over all three.
+  function is pure in ``(state, task, weights)`` and vmaps over all three. With
+  ``state.basis`` the extremes are warm-started (``exact=True`` forces ``eigh`` while still
+  carrying the basis: the fallback path).
 
   Returns:
     ``(final state, Terms stacked over steps)``.
@@ -401,11 +461,13 @@ def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: s
   tx = optimizer(0.0, 0.0)  # hyperparameters are read from the injected state, not here
 
   def body(state, _):
-    d, terms = direction(state.params, task, weights, loss=loss, imma_steps=imma_steps,
-                         rtol=rtol, preconditioned_only=preconditioned_only)
+    d, terms, basis = direction(state.params, task, weights, loss=loss,
+                                imma_steps=imma_steps, rtol=rtol,
+                                preconditioned_only=preconditioned_only, basis=state.basis,
+                                exact=exact)
     updates, opt_state = tx.update(d, state.opt_state, state.params)
     params = jax.tree.map(_flush_subnormal, optax.apply_updates(state.params, updates))
-    return State(params, opt_state, state.step + 1), terms
+    return State(params, opt_state, state.step + 1, basis), terms
 
   return jax.lax.scan(body, state, None, length=steps)
 
@@ -436,7 +498,7 @@ def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
     Dict with keys ``r_well, r_ill, r_ill_plain, log_kappa_p, log_kappa_h, imma``.
   """
   theta = params0.theta
-  kp_theta, kh_theta, h_p, h_h, e_p, e_h = _hessians_and_extremes(theta, task, None)
+  kp_theta, kh_theta, h_p, h_h, e_p, e_h, _, _ = _hessians_and_extremes(theta, task, None)
   lam_p = step_scale / (learning_rate * e_p.sigma_max)
   norm = lambda m, g: jnp.linalg.norm(2.0 * m @ g)
   target = lam_p * norm(theta, regularizers.r_well_value_and_grad(h_p, e_p).grad)

@@ -36,12 +36,47 @@ Array = jax.Array
 AUTHORS_SHIFT = 1e-6
 
 
+class allow_float32:  # pylint: disable=invalid-name
+  """Context manager: lets the spectral functions run in float32 when x64 is off.
+
+  The spectral math's contract is float64: with ``jax_enable_x64`` off, every public
+  function that validates its inputs (``covariance``, ``hessian``, ``condition_number``,
+  ``r_ill``, ``relative_immunization_ratio``, ... — all that go through ``_as_float``) raises
+  a ``ValueError`` rather than silently computing κ in float32 (RIR 78 instead of 324 on a
+  κ ≈ 1e6 problem). Inside ``with allow_float32():`` they run in float32 instead, as
+  before. With x64 on, this has no effect: inputs are promoted to float64 either way.
+
+  The switch is process-wide (not per thread) and is read when a function is traced, so a
+  ``jax.jit`` function traced inside the block keeps running in float32 afterwards.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> with allow_float32():  # a deliberate float32 experiment
+    ...   k = covariance(jnp.eye(3, dtype=jnp.float32))
+  """
+  _depth = 0
+
+  def __enter__(self):
+    allow_float32._depth += 1
+    return self
+
+  def __exit__(self, *exc):
+    allow_float32._depth -= 1
+    return False
+
+
 def _as_float(x, name: str) -> Array:
   if not isinstance(x, jax.Array):
     x = np.asarray(x)
   if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
     raise ValueError(f"`{name}` must be a real floating-point array; got dtype {x.dtype}.")
-  dtype = jnp.promote_types(x.dtype, jnp.float64)  # float32 when x64 is disabled
+  if not jax.config.jax_enable_x64 and not allow_float32._depth:
+    raise ValueError(
+        f"`{name}`: float64 is disabled, so this spectral math would run in float32 and lose "
+        "about half of κ's digits. Call jax.config.update(\"jax_enable_x64\", True) at "
+        "program start, or opt in to float32 explicitly with `with immujax.allow_float32():`.")
+  # float64; float32 only under allow_float32() (canonicalized: no truncation warning).
+  dtype = jax.dtypes.canonicalize_dtype(jnp.promote_types(x.dtype, jnp.float64))
   return jnp.asarray(x, dtype=dtype)
 
 
@@ -205,17 +240,30 @@ def extremes(s: Array, *, rtol: float | None = None) -> Extremes:
   # A diverged run must not stall a batch: LAPACK's eigh can take pathologically long on
   # NaN/inf input. Decompose zeros instead; the caller's NaN state is already visible.
   s = jnp.where(jnp.all(jnp.isfinite(s)), s, jnp.zeros_like(s))
-  if rtol is None:
-    rtol = default_rtol(s.shape, s.dtype)
-  # Decompose S/max|S| with entries below 1e-150 flushed to zero: this changes eigenvalues by
-  # far less than the rank tolerance, and keeps subnormal floats (from runs that shrink θ
-  # towards 0) out of LAPACK, where they slowed eigh down by orders of magnitude.
+  lam, vecs = eigh_scaled(s)
+  return extremes_from_eigh(lam, vecs, rtol=rtol)
+
+
+def eigh_scaled(s: Array) -> tuple[Array, Array]:
+  """``eigh`` of a symmetric ``S`` (ascending), decomposing ``S/max|S|`` for robustness.
+
+  Entries of the scaled matrix below 1e-150 are flushed to zero: this changes eigenvalues by
+  far less than any rank tolerance, and keeps subnormal floats (from runs that shrink θ
+  towards 0) out of LAPACK, where they slowed ``eigh`` down by orders of magnitude. Safe
+  under ``vmap`` (a sequential map of unbatched LAPACK calls, see ``_eigh``).
+  """
   scale = jnp.max(jnp.abs(s))
   scale = jnp.where(scale > 0, scale, 1.0)
   s_n = s / scale
   s_n = jnp.where(jnp.abs(s_n) < 1e-150, 0.0, s_n)
   lam, vecs = _eigh(s_n)
-  lam = lam * scale
+  return lam * scale, vecs
+
+
+def extremes_from_eigh(lam: Array, vecs: Array, *, rtol: float | None = None) -> Extremes:
+  """:class:`Extremes` read off a full eigendecomposition ``(λ ascending, vectors)``."""
+  if rtol is None:
+    rtol = default_rtol((lam.shape[0], lam.shape[0]), lam.dtype)
   sig = jnp.abs(lam)
   i_max = jnp.argmax(sig)
   sigma_max = sig[i_max]

@@ -55,7 +55,7 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
               learning_rate: float, step_scale: float, clip_factor: float = 1.0,
               imma_steps: int = 5, init: str = "orthogonal",
               precondition_baselines: bool = False, adaptive: bool = False,
-              harmful_scale: float = 1.0) -> Runs:
+              harmful_scale: float = 1.0, eig_solver: str = "warm") -> Runs:
   """Initial states and balanced weights for every (task, method, seed).
 
   Seed ``s`` uses the same θ0 for every task and method (common random numbers), so methods
@@ -76,6 +76,9 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     adaptive: Ours re-balances its λ's at every step (``immunize.Weights``).
     harmful_scale: multiplies every harmful-side weight after balancing
       (``immunize.balanced_weights``).
+    eig_solver: ``"warm"`` runs the steps with warm-started extremes
+      (``immujax.extreme_eigs``; tasks with roots only, else ``"eigh"`` is used), ``"eigh"``
+      with a full eigendecomposition per Hessian and step (the reference path).
 
   Returns:
     :class:`Runs` with leading axes ``(T, R)``.
@@ -85,6 +88,9 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
       raise ValueError(f"unknown method {m!r} in `methods`; choose from {immunize.METHODS}.")
   if "imma" in methods and imma_steps <= 0:
     raise ValueError(f"`imma_steps`={imma_steps}: IMMA needs at least one inner attacker step.")
+  if eig_solver not in ("warm", "eigh"):
+    raise ValueError(f"`eig_solver` must be 'warm' or 'eigh'; got {eig_solver!r}.")
+  warm = eig_solver == "warm" and tasks.root_p is not None
   d_in = tasks.k_p.shape[-1]
   keys = jax.random.split(key, seeds)
 
@@ -100,8 +106,9 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
       ws = jax.tree.map(lambda *a: jnp.stack(a), *ws)  # (M,)
       norms = jax.vmap(lambda w: immunize.direction_norm(
           params0, task, w, imma_steps=imma_steps))(ws)
+      basis = immunize.initial_basis(params0.theta, task) if warm else None
       states = jax.vmap(lambda n: immunize.init_state(params0, learning_rate,
-                                                      clip_factor * n))(norms)
+                                                      clip_factor * n, basis=basis))(norms)
       return states, ws
     states, ws = jax.vmap(one_seed)(keys)  # (S, M, ...)
     # Reorder to (M, S) then flatten to R = M·S (method-major, like run_index).
@@ -157,11 +164,13 @@ def shard_tasks(tree, mesh: Mesh):
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol",
-                                             "preconditioned_only", "task_batch", "mesh"))
+                                             "preconditioned_only", "task_batch", "mesh",
+                                             "exact", "all_steps"))
 def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Weights, *,
               steps: int, loss: str = "mse", imma_steps: int = 5, rtol: float | None = None,
               preconditioned_only: bool = False, task_batch: int | None = None,
-              mesh: Mesh | None = None) -> tuple[immunize.State, immunize.Terms]:
+              mesh: Mesh | None = None, exact: bool = False,
+              all_steps: bool = False) -> tuple[immunize.State, immunize.Terms]:
   """``steps`` steps of every run: ``vmap_T(vmap_R(immunize.run_steps))``.
 
   Args:
@@ -177,15 +186,23 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
       more than 24 GB.
     mesh: with ``task_batch``, the mesh the task axis is sharded over (``device_mesh``):
       each device maps over its own tasks (``jax.shard_map``).
+    exact: force the full-``eigh`` extremes on runs that carry a warm-start basis.
+    all_steps: return every step's terms, shape ``(T, R, steps)``, instead of the last.
 
   Returns:
-    The new state and the last step's :class:`immunize.Terms`, shape ``(T, R)``.
+    The new state and the last step's :class:`immunize.Terms`, shape ``(T, R)`` — except
+    ``eig_ok`` and ``eig_residual``, which summarize the whole chunk (all steps ok; largest
+    residual) so that a failed check anywhere in the chunk is seen.
   """
   def per_run(s, task, w):
     s, terms = immunize.run_steps(s, task, w, steps=steps, loss=loss,
                                   imma_steps=imma_steps, rtol=rtol,
-                                  preconditioned_only=preconditioned_only)
-    return s, jax.tree.map(lambda a: a[-1], terms)
+                                  preconditioned_only=preconditioned_only, exact=exact)
+    if all_steps:
+      return s, terms
+    last = jax.tree.map(lambda a: a[-1], terms)
+    return s, last._replace(eig_ok=jnp.all(terms.eig_ok),
+                            eig_residual=jnp.max(terms.eig_residual))
   per_task = jax.vmap(per_run, in_axes=(0, None, 0))
   axes = task_axes(tasks)
   if task_batch is None:
@@ -207,6 +224,60 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
   split, whole = PartitionSpec("tasks"), PartitionSpec()
   return jax.shard_map(local, mesh=mesh, in_specs=(split, split, split, whole),
                        out_specs=split)(state, batched, weights, pool)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol",
+                                             "preconditioned_only", "all_steps"))
+def _exact_run(state, task, weights, *, steps, loss, imma_steps, rtol, preconditioned_only,
+               all_steps):
+  new, terms = immunize.run_steps(state, task, weights, steps=steps, loss=loss,
+                                  imma_steps=imma_steps, rtol=rtol,
+                                  preconditioned_only=preconditioned_only, exact=True)
+  if all_steps:
+    return new, terms
+  last = jax.tree.map(lambda a: a[-1], terms)
+  return new, last._replace(eig_ok=jnp.all(terms.eig_ok),
+                            eig_residual=jnp.max(terms.eig_residual))
+
+
+def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
+                      weights: immunize.Weights, **kwargs
+                      ) -> tuple[immunize.State, immunize.Terms, np.ndarray]:
+  """:func:`run_chunk`, then an exact recompute of every run whose extremes failed a check.
+
+  Runs with a warm-start basis (``state.basis``) take the fast path
+  (``immujax.extreme_eigs.warm``). A run any of whose steps failed a check (a Cholesky
+  failure, no convergence within ``max_iters``, or a rank drop) is recomputed from the
+  chunk's starting state with the full ``eigh`` path, alone, between chunks; the other runs
+  keep their results. Under ``vmap`` a per-run ``lax.cond`` would run both paths for every
+  run, which is why the fallback happens here.
+
+  Args:
+    state, tasks, weights: as :func:`run_chunk`.
+    **kwargs: :func:`run_chunk`'s keyword arguments.
+
+  Returns:
+    ``(state, terms, fallback)`` where ``fallback`` is a ``(T, R)`` bool array: the runs that
+    were recomputed exactly in this chunk (their ``terms.eig_ok`` stays False, as a record).
+  """
+  new, terms = run_chunk(state, tasks, weights, **kwargs)
+  ok = np.asarray(terms.eig_ok)
+  ok = ok.all(axis=-1) if kwargs.get("all_steps") else ok
+  if state.basis is None or kwargs.get("exact") or ok.all():
+    return new, terms, np.zeros(ok.shape, bool)
+  static = {k: kwargs.get(k, d) for k, d in (
+      ("steps", None), ("loss", "mse"), ("imma_steps", 5), ("rtol", None),
+      ("preconditioned_only", False), ("all_steps", False))}
+  axes = task_axes(tasks)
+  for t, r in np.argwhere(~ok):
+    run = lambda tree: jax.tree.map(lambda a: a[t, r], tree)
+    task = jax.tree.map(lambda ax, a: None if a is None else (a if ax is None else a[t]),
+                        axes, tasks, is_leaf=lambda x: x is None)
+    fixed, fixed_terms = _exact_run(run(state), task, run(weights), **static)
+    put = lambda tree, leaf: jax.tree.map(lambda a, v: a.at[t, r].set(v), tree, leaf)
+    new = put(new, fixed)
+    terms = put(terms, fixed_terms._replace(eig_ok=jnp.zeros_like(fixed_terms.eig_ok)))
+  return new, terms, ~ok
 
 
 class Evaluation(NamedTuple):

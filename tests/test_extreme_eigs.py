@@ -1,0 +1,184 @@
+"""Warm-started extremes (immujax/extreme_eigs.py) against a full eigh, step by step.
+
+Every comparison is with ``extreme_eigs.exact`` (one ``eigh`` of the Gram, the reference
+path): eigenvalues to 1e-10 relative, vectors to 1e-8 up to sign, on full-rank, padded
+(rank-deficient K), near-degenerate-bottom and rank-dropping Hessians, and along whole
+training trajectories where the warm start is the previous step's basis.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from immujax import extreme_eigs as xe
+from immujax import immunize
+from immujax import spectral
+from immujax import sweep
+
+EIG_RTOL = 1e-10
+VEC_TOL = 1e-8
+
+
+def _graded_root(rng, r, d, *, pad=0, spread=1e6, bottom_gap=None):
+  """A root R (r × d) with decreasing row scales (like spectral.covariance_root)."""
+  q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+  lam = np.sort(np.exp(rng.uniform(0, np.log(spread), size=r - pad)))[::-1]
+  if bottom_gap is not None:       # the two smallest eigenvalues of K close together
+    lam[-2] = lam[-1] * (1 + bottom_gap)
+  root = np.sqrt(lam)[:, None] * q[:, : r - pad].T
+  return np.concatenate([root, np.zeros((pad, d))]) if pad else root
+
+
+def _sign_dist(a, b):
+  a, b = np.asarray(a), np.asarray(b)
+  return min(np.linalg.norm(a - b), np.linalg.norm(a + b))
+
+
+def _assert_matches(e, e0):
+  for name in ("sigma_max", "sigma_min"):
+    np.testing.assert_allclose(float(getattr(e, name)), float(getattr(e0, name)),
+                               rtol=EIG_RTOL, err_msg=name)
+  assert int(e.rank) == int(e0.rank)
+  np.testing.assert_allclose(float(e.frobenius_sq), float(e0.frobenius_sq), rtol=1e-12)
+  assert _sign_dist(e.v_max, e0.v_max) < VEC_TOL
+  assert _sign_dist(e.v_min, e0.v_min) < VEC_TOL
+
+
+def _trajectory(rng, root, steps=8, size=0.05):
+  """θ_0 orthogonal, then random smooth perturbations, as training steps move θ."""
+  d = root.shape[1]
+  theta, _ = np.linalg.qr(rng.normal(size=(d, d)))
+  out = [theta]
+  for _ in range(steps):
+    theta = theta @ (np.eye(d) + size / np.sqrt(d) * rng.normal(size=(d, d)))
+    out.append(theta)
+  return out
+
+
+@pytest.mark.parametrize("case", ["full_rank", "padded", "near_degenerate_bottom"])
+def test_warm_matches_eigh_at_every_step(case):
+  rng = np.random.default_rng({"full_rank": 0, "padded": 1, "near_degenerate_bottom": 2}[case])
+  kw = {"full_rank": {}, "padded": {"pad": 7},
+        "near_degenerate_bottom": {"bottom_gap": 1e-3}}[case]
+  root = _graded_root(rng, 40, 48, **kw)
+  warm, exact = jax.jit(xe.warm), jax.jit(xe.exact)
+  basis = None
+  for theta in _trajectory(rng, root):
+    b = jnp.asarray(root @ theta)
+    e0, basis0, check0 = exact(b)
+    if basis is None:
+      basis = basis0
+      continue
+    e, basis, check = warm(b, basis)
+    assert bool(check.ok), check
+    assert float(check.residual_max) < 1e-12 and float(check.residual_min) < 1e-12
+    if case == "near_degenerate_bottom":
+      # A 1e-3 relative gap still pins the eigenvalue; the vector only to residual/gap.
+      np.testing.assert_allclose(float(e.sigma_min), float(e0.sigma_min), rtol=EIG_RTOL)
+      np.testing.assert_allclose(float(e.sigma_max), float(e0.sigma_max), rtol=EIG_RTOL)
+      continue
+    _assert_matches(e, e0)
+
+
+def test_extremes_match_gram_extremes_and_rank_of_padded_root():
+  rng = np.random.default_rng(3)
+  root = _graded_root(rng, 30, 36, pad=5)
+  b = jnp.asarray(root @ np.linalg.qr(rng.normal(size=(36, 36)))[0])
+  e0, basis, _ = xe.exact(b)
+  ref = spectral.gram_extremes(b)
+  assert int(e0.rank) == int(ref.rank) == 25
+  e, _, check = xe.warm(b, basis)
+  assert bool(check.ok)
+  _assert_matches(e, ref)
+
+
+def test_rank_drop_is_flagged_not_hidden():
+  # θ maps one direction of K's range to (almost) zero: H loses a rank below the tolerance.
+  rng = np.random.default_rng(4)
+  root = _graded_root(rng, 20, 24, spread=10.0)
+  theta = np.linalg.qr(rng.normal(size=(24, 24)))[0]
+  _, basis, _ = xe.exact(jnp.asarray(root @ theta))
+  u = np.linalg.svd(root @ theta)[2][0]          # a row-space direction of B
+  theta_low = theta @ (np.eye(24) - (1 - 1e-9) * np.outer(u, u))
+  b = jnp.asarray(root @ theta_low)
+  e, _, check = xe.warm(b, basis)
+  assert not bool(check.ok)
+  assert int(spectral.gram_extremes(b).rank) == 19
+
+
+def test_failed_factorization_is_flagged():
+  # A basis that is NaN (a corrupted state) cannot give a trusted answer.
+  rng = np.random.default_rng(5)
+  b = jnp.asarray(_graded_root(rng, 10, 12))
+  _, basis, _ = xe.exact(b)
+  bad = xe.Basis(basis.bottom * np.nan, basis.top)
+  _, _, check = xe.warm(b, bad)
+  assert not bool(check.ok)
+
+
+def test_vmapped_equals_looped_and_does_not_deadlock():
+  # Under vmap the solver is a sequential map of unbatched LAPACK calls (jaxlib 0.10.x's
+  # batched CPU kernels deadlock); the results must equal one-at-a-time calls (to round-off:
+  # XLA may fuse the two programs differently).
+  rng = np.random.default_rng(6)
+  root = _graded_root(rng, 16, 20)
+  bs = jnp.stack([jnp.asarray(root @ t) for t in _trajectory(rng, root, steps=3)])
+  _, basis, _ = jax.vmap(xe.exact)(bs)
+  shifted = jnp.roll(bs, 1, axis=0)                 # warm-start each from its neighbour
+  e_v, _, c_v = jax.jit(jax.vmap(xe.warm))(shifted, basis)
+  for i in range(bs.shape[0]):
+    e_i, _, c_i = xe.warm(shifted[i], jax.tree.map(lambda a: a[i], basis))
+    np.testing.assert_allclose(np.asarray(e_v.sigma_min[i]), np.asarray(e_i.sigma_min),
+                               rtol=1e-13)
+    assert bool(c_v.ok[i]) == bool(c_i.ok)
+
+
+def _tiny_tasks(seed=0, t=3, d=14, r=12):
+  rng = np.random.default_rng(seed)
+  tasks = []
+  for _ in range(t):
+    # Columns that are always 0 (as MNIST pixels): K_P has rank d − 2, K_H rank d − 3.
+    x_p = rng.normal(size=(60, d)) * np.linspace(3, 0.1, d) * (np.arange(d) >= 2)
+    x_h = rng.normal(size=(50, d)) * np.linspace(0.1, 3, d) * (np.arange(d) < d - 3)
+    task = immunize.make_task(x_p, (x_p[:, 2] > 0).astype(float), x_h,
+                              (x_h[:, 1] > 0).astype(float))
+    tasks.append(task._replace(root_p=spectral.covariance_root(task.k_p, rows=r),
+                               root_h=spectral.covariance_root(task.k_h, rows=r)))
+  return jax.tree.map(lambda *a: jnp.stack(a), *tasks)
+
+
+def test_sweep_warm_matches_eigh_for_ours_and_counts_fallbacks():
+  tasks = _tiny_tasks()
+  methods = ("ours", "r_ill_only", "imma")
+  out = {}
+  for solver in ("warm", "eigh"):
+    runs = sweep.init_runs(jax.random.key(1), tasks, methods, 2, learning_rate=0.005,
+                           step_scale=0.5, eig_solver=solver)
+    assert (runs.state.basis is None) == (solver == "eigh")
+    state, fallbacks = runs.state, 0
+    for _ in range(3):
+      state, terms, fb = sweep.run_chunk_checked(state, tasks, runs.weights, steps=4,
+                                                 loss="bce")
+      fallbacks += int(fb.sum())
+    out[solver] = np.asarray(sweep.evaluate(state, tasks, loss="bce").rir)
+    if solver == "warm":
+      assert np.asarray(terms.eig_residual).max() < 1e-10
+  np.testing.assert_allclose(out["warm"], out["eigh"], rtol=1e-8)
+
+
+def test_fallback_recomputes_flagged_runs_exactly(monkeypatch):
+  # Force every warm check to fail (no residual is ever below tol = 0): the checked chunk
+  # must then equal the exact path (to round-off: one run alone vs the vmapped program) and
+  # flag every run.
+  tasks = _tiny_tasks(seed=2, t=2)
+  runs = sweep.init_runs(jax.random.key(2), tasks, ("ours",), 1, learning_rate=0.005,
+                         step_scale=0.5)
+  ref, _ = sweep.run_chunk(runs.state, tasks, runs.weights, steps=3, loss="bce", exact=True)
+  monkeypatch.setattr(xe, "DEFAULT_TOL", 0.0)
+  jax.clear_caches()   # the tolerance is read when the step is traced
+  new, terms, fb = sweep.run_chunk_checked(runs.state, tasks, runs.weights, steps=3,
+                                           loss="bce")
+  jax.clear_caches()
+  assert fb.all() and not np.asarray(terms.eig_ok).any()
+  np.testing.assert_allclose(np.asarray(new.params.theta), np.asarray(ref.params.theta),
+                             rtol=1e-11, atol=1e-13)
