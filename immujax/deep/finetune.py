@@ -1,7 +1,9 @@
 """Attackers of an immunized deep model: linear probing, full fine-tuning and LoRA (Fig. 3+).
 
 Each attacker adapts the released model to the harmful task D_H from its training split and
-is scored by its **harmful test accuracy** after every epoch. All three start from a *fresh*
+is scored by its **harmful test accuracy** along the way (:func:`run_attacks`: after every
+epoch). The relative fine-tuning difficulty of two such curves (θ0 against θ_I) is
+:func:`immujax.deep.relative_finetuning_difficulty`. All three start from a *fresh*
 linear head ``(w, b) = 0`` of ``C_H`` classes (the pre-training head ω is discarded), so at
 step 0 every extractor gives the same prediction and the curves differ only by how fast the
 attacker learns:
@@ -11,7 +13,7 @@ attacker learns:
                     (the paper's threat model, Fig. 3).
 ``full``            :func:`finetune_curve` with ``adapter="full"``: every trainable parameter
                     of the immunized stage θ (convolutions / dense kernels, biases, BatchNorm
-                    scales and offsets) and the head train.
+                    scales and offsets) and the head train; optimizer Adam or SGD.
 ``lora``            :func:`finetune_curve` with ``adapter="lora"``: each kernel ``W`` of the
                     immunized stage becomes ``W + s·(A B)`` reshaped to ``W``'s shape, with
                     ``A ∈ R^{m×r}``, ``B ∈ R^{r×n}`` (``W`` viewed as an ``m × n`` input ×
@@ -26,9 +28,9 @@ in inference mode (frozen running statistics, as during immunization), the trunk
 formed in float64 from the model's (possibly float32) features.
 
 **Execution.** :func:`make_finetune_step` is a pure, jit-able step of the attacker.
-:func:`finetune_curve` runs it in a Python loop over a jitted step and evaluates after every
-epoch (on XLA:CPU, convolutions inside ``lax.scan`` run one to two orders of magnitude slower,
-see :func:`immujax.deep.make_chunk`). Minibatches are :func:`immujax.deep.batch_indices` of
+:func:`finetune_curve` runs it in a Python loop over a jitted step and evaluates every
+``eval_every`` steps (on XLA:CPU, convolutions inside ``lax.scan`` run one to two orders of
+magnitude slower, see :func:`immujax.deep.make_chunk`). Minibatches are :func:`immujax.deep.batch_indices` of
 ``(key, step)``, as for the probe, so a run is a function of its key.
 
 References:
