@@ -365,7 +365,7 @@ def run_paper_scale(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   per_epoch = len(labels["h_train"]) // pr.batch_size
 
   def probe(f_train, f_test, s):
-    # The key of the linear probe in deep.run_attacks (attack 0 of the sorted names).
+    # The key deep.run_attacks gives the probe when it is the only attacker (index 0).
     c = deep.probe_curve(f_train, labels["h_train"], f_test, labels["h_test"],
                          jax.random.fold_in(attack_keys[s], 0),
                          num_classes=d.num_harmful_classes, epochs=pr.epochs,
