@@ -73,6 +73,9 @@ def _define_flags():
       "mnist_dir", None, "MNIST IDX folder whose test split (t10k) is the held-out data "
       "(default $IMMUJAX_MNIST_DIR, $IMMUJAX_DATA_DIR/mnist; without it, the sample images the "
       "run did not draw, if any).")
+  _FLAGS["rebuild"] = flags.DEFINE_bool(
+      "rebuild", False, "Only recompute the fine-tuning blocks, table.md and the plot from "
+      "--workdir/results.json (no attack is rerun).")
   _FLAGS["max_pairs"] = flags.DEFINE_integer(
       "max_pairs", None, "MNIST: attack only the first N digit pairs (default: "
       "config.max_pairs).")
@@ -408,6 +411,13 @@ def _fmt_cells(vals, bounds, cap, many_tasks: bool) -> str:
   bset = set(bounds)
   if bset == {"both"}:
     return f"both > {cap:.0e} steps"
+  if bset <= {"no_gain", "never"}:
+    return evaluation.fmt_slowdown(vals, bounds, cap)
+  if "never" in bset or "no_gain" in bset:
+    keep = [i for i, b in enumerate(bounds) if b not in ("never", "no_gain")]
+    n_never = sum(b == "never" for b in bounds)
+    rest = _fmt_cells(np.asarray(vals)[keep], [bounds[i] for i in keep], cap, True)
+    return f"{rest}; never for {n_never}/{len(bounds)}" if n_never else rest
   prefix = ("≥ " if "lower" in bset and "upper" not in bset else
             "≤ " if "upper" in bset and "lower" not in bset else "~ " if bset - {"exact"} else "")
   censored = sum(b != "exact" for b in bounds)
@@ -434,7 +444,7 @@ def table(results: dict) -> str:
     caps = reps[0]["caps"]
     lines += [f"## {name} ({len(reps)} task(s); {d['source']})", ""]
     rir_s = {m: _cells(d, m, lambda r, l: (r["rir"][l], "exact"))[0] for m in methods}
-    dp_s = {m: np.asarray(d["dp_loss"])[:, [i for i, (mm, _) in enumerate(d["index"])
+    dp_s = {m: np.asarray(d["dp_loss"], float)[:, [i for i, (mm, _) in enumerate(d["index"])
                                              if mm == m]].ravel() for m in methods}
     lines += ["| method | RIR | D_P loss (trained) | RIR share of limit |", "|---|---|---|---|"]
     for m in methods:
@@ -547,6 +557,26 @@ def plot_curves(results: dict, path: pathlib.Path, seed: int) -> None:
   common.save_figure(path, fig)
 
 
+def rebuild(results: dict) -> dict:
+  """Recomputes the fine-tuning blocks of a saved ``results.json`` from its stored curves
+  (``evaluation.fine_tuning``), e.g. after a change of the target rule; no attack is rerun."""
+  for d in results["datasets"].values():
+    for rep in d["reports"]:
+      eps_min = min(rep["eps"])
+      fr = [float(f) for f in next(iter(next(iter(rep["fine_tuning"].values())).values()))] \
+          if rep.get("fine_tuning") else []
+      for side, per in rep.get("test_accuracy", {}).items():
+        for name, c in per.items():
+          nr = rep["norm_ratio"][side][name]
+          done = lambda curve: curve[-1] is not None and float(curve[-1]) <= eps_min
+          labels = list(c["extractor"])
+          rep["fine_tuning"][side][name] = evaluation.fine_tuning(
+              c["identity"], [c["extractor"][l] for l in labels], labels, c["steps"], fr,
+              converged_id=done(nr["identity"]),
+              converged=[done(nr["extractor"][l]) for l in labels])
+  return results
+
+
 def run(cfg: ml_collections.ConfigDict, workdir, *, house_workdir=None, mnist_workdir=None,
         recompute: bool = False, data_dir=None, mnist_dir=None,
         max_pairs: Optional[int] = None, recompute_overrides: Optional[dict] = None) -> dict:
@@ -602,6 +632,18 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, house_workdir=None, mnist_wo
 def main(argv):
   del argv
   common.enable_float64()
+  if _FLAGS["rebuild"].value:
+    workdir = common.validate_workdir(_FLAGS["workdir"].value)
+    path = workdir / "results.json"
+    if not path.is_file():
+      raise FileNotFoundError(f"--rebuild needs {path}; run the suite into --workdir first.")
+    results = rebuild(json.loads(path.read_text()))
+    text = table(results)
+    common.write_json(path, results)
+    common.write_text(workdir / "table.md", text)
+    plot_curves(results, workdir / "attack_curves.png", _FLAGS["config"].value.curve_seed)
+    print(text)
+    return
   run(_FLAGS["config"].value, _FLAGS["workdir"].value,
       house_workdir=_FLAGS["house_workdir"].value, mnist_workdir=_FLAGS["mnist_workdir"].value,
       recompute=_FLAGS["recompute"].value, data_dir=_FLAGS["data_dir"].value,

@@ -56,7 +56,7 @@ EXPECTED = {"gd_line_search": "κ", "gd_constant": "κ", "heavy_ball": "√κ", 
 
 __all__ = [
     "EXPECTED", "ProbeData", "SIDES", "evaluate", "evaluate_many", "fmt_slowdown",
-    "one_vs_rest",
+    "one_vs_rest", "fine_tuning",
     "probe_statistics", "record_grid", "report_markdown", "slowdown", "steps_to_score",
     "test_scores", "validate_data", "validate_extractors",
 ]
@@ -356,18 +356,30 @@ def slowdown(steps_imm: Any, steps_ref: Any, *, cap_imm: int, cap_ref: Optional[
 
 
 def fmt_slowdown(values: Sequence[float], bounds: Sequence[str], cap: int) -> str:
-  """One table cell: mean ± std over extractors, with ≥/≤ when a run hit the cap."""
+  """One table cell: mean ± std over extractors, with ≥/≤ when a run hit the cap.
+
+  ``"never"`` entries (see :func:`fine_tuning`) are counted, not averaged.
+  """
   v = np.asarray(values, np.float64)
-  bounds = set(bounds)
-  if bounds == {"both"}:
+  blist = list(bounds)
+  bset = set(blist)
+  if bset == {"both"}:
     return f"both > {cap:.0e} steps"
+  if bset == {"no_gain"}:
+    return "— (θ = I never beats w = 0)"
+  if bset == {"never"}:
+    return "never (converged below the target)"
+  if "never" in bset:
+    keep = [i for i, b in enumerate(blist) if b != "never"]
+    rest = fmt_slowdown(v[keep], [blist[i] for i in keep], cap)
+    return f"{rest}; never for {len(blist) - len(keep)}/{len(blist)}"
   v = v[np.isfinite(v)] if np.any(np.isfinite(v)) else v
-  prefix = ("≥ " if "lower" in bounds and "upper" not in bounds else
-            "≤ " if "upper" in bounds and "lower" not in bounds else
-            "~ " if bounds - {"exact"} else "")
+  prefix = ("≥ " if "lower" in bset and "upper" not in bset else
+            "≤ " if "upper" in bset and "lower" not in bset else
+            "~ " if bset - {"exact"} else "")
   m = float(np.mean(v))
   s = f" ± {np.std(v, ddof=1):.2g}" if v.size > 1 else ""
-  note = f" (cap {cap:.0e})" if bounds - {"exact"} else ""
+  note = f" (cap {cap:.0e})" if bset - {"exact"} else ""
   return f"{prefix}{m:.3g}{s}{note}"
 
 
@@ -535,23 +547,9 @@ def evaluate_many(tasks: Sequence[ProbeData], thetas: Sequence[np.ndarray],
               "metric": "accuracy" if task.kind == "classification" else "r2",
               "steps": grid, "identity": s_id,
               "extractor": dict(zip(labels, s_ext))}
-          ft = {}
-          for f in fractions:
-            # The identity's best held-out score along its trajectory: what an attacker who
-            # early-stops on a validation set gets. (On house prices the converged
-            # least-squares probe overfits 200 rows, held-out R² ≈ −9, so "final" would be a
-            # meaningless target; on MNIST best ≈ final.)
-            target = f * np.max(s_id)
-            st_id = int(steps_to_score(s_id, grid, target))
-            st_ext = [int(steps_to_score(s, grid, target)) for s in s_ext]
-            vals, bounds = slowdown(st_ext, st_id, cap_imm=int(grid[-1]))
-            ft[f"{f:g}"] = {
-                "target": float(target), "identity_steps": st_id,
-                "identity_final": float(s_id[-1]), "identity_best": float(np.max(s_id)),
-                "extractor": {
-                    l: {"steps": s, "value": float(v), "bound": b, "final": float(sc[-1]),
-                        "best": float(np.max(sc))}
-                    for l, s, v, b, sc in zip(labels, st_ext, vals, bounds, s_ext)}}
+          ft = fine_tuning(s_id, s_ext, labels, grid, fractions,
+                           converged_id=ident["final_step"] < cap[name],
+                           converged=[x["final_step"] < cap[name] for x in ext])
           rep["fine_tuning"].setdefault(side, {})[name] = ft
       if on_progress is not None:
         on_progress(f"{side} {name}")
@@ -563,6 +561,57 @@ def evaluate_many(tasks: Sequence[ProbeData], thetas: Sequence[np.ndarray],
                        "extractor": {l: _probe_fit(t, x, y, x_t, y_t, task.kind)
                                      for l, t in zip(labels, th)}}
   return reports
+
+
+def fine_tuning(s_id: Any, s_ext: Sequence[Any], labels: Sequence[str], grid: Any,
+                fractions: Sequence[float], *, converged_id: bool = False,
+                converged: Optional[Sequence[bool]] = None) -> dict:
+  """Steps to a fraction of θ = I's best held-out score, and the slow-down, per fraction.
+
+  The target is ``f · max_t s_I(t)``: the identity's best held-out score along its
+  trajectory, what an attacker who early-stops on a validation set gets. (On house prices the
+  converged least-squares probe overfits the 200 training rows, held-out R² ≈ −9, so the
+  final score would be a meaningless target; on MNIST best ≈ final.)
+
+  Bounds: ``"never"`` when θ's probe did not reach the target although its run had converged
+  before the cap (its score no longer changes, so it never will; value = inf);
+  ``"no_gain"`` when θ = I's best score is its score at ``w_0`` (no probe beats w = 0 on the
+  held-out rows, so fractions of it mean nothing; value = NaN); otherwise as :func:`slowdown`.
+
+  Args:
+    s_id: ``(R,)`` identity scores on ``grid``; s_ext: per extractor ``(R,)`` scores.
+    labels: extractor labels. grid: ``(R,)`` steps. fractions: e.g. ``(0.9, 0.99)``.
+    converged_id, converged: whether each run stopped (reached every ε) before its cap.
+
+  Returns:
+    ``{fraction: {"target", "identity_steps", "identity_final", "identity_best",
+    "extractor": {label: {"steps", "value", "bound", "final", "best"}}}}``.
+  """
+  s_id = np.asarray(s_id, float)
+  s_ext = [np.asarray(v, float) for v in s_ext]
+  grid = np.asarray(grid)
+  converged = [False] * len(s_ext) if converged is None else list(converged)
+  cap = int(grid[-1])
+  no_gain = bool(np.max(s_id) <= s_id[0])
+  out = {}
+  for f in fractions:
+    target = f * np.max(s_id)
+    st_id = int(steps_to_score(s_id, grid, target))
+    st_ext = [int(steps_to_score(v, grid, target)) for v in s_ext]
+    vals, bounds = slowdown(st_ext, st_id, cap_imm=cap)
+    vals, bounds = list(vals), list(bounds)
+    for i, (st, conv) in enumerate(zip(st_ext, converged)):
+      if no_gain:
+        vals[i], bounds[i] = float("nan"), "no_gain"
+      elif st > cap and conv:
+        vals[i], bounds[i] = float("inf"), "never"
+    out[f"{f:g}"] = {
+        "target": float(target), "identity_steps": st_id, "identity_final": float(s_id[-1]),
+        "identity_best": float(np.max(s_id)),
+        "extractor": {l: {"steps": st, "value": float(v), "bound": b, "final": float(sc[-1]),
+                          "best": float(np.max(sc))}
+                      for l, st, v, b, sc in zip(labels, st_ext, vals, bounds, s_ext)}}
+  return out
 
 
 def _probe_fit(theta, x, y, x_t, y_t, kind) -> dict:

@@ -129,3 +129,21 @@ def test_grids_and_steps_to_score():
   s = evaluation.steps_to_score(np.array([[0.1, 0.5, 0.9], [0.1, 0.2, 0.3]]),
                                 np.array([0, 10, 100]), np.array([0.5, 0.5]))
   assert s.tolist() == [10, 101]
+
+
+def test_fine_tuning_targets_the_identitys_best_score_and_says_never():
+  grid = np.array([0, 1, 10, 100])
+  s_id = np.array([0.0, 0.9, 1.0, 0.5])           # overfits after step 10: best 1.0
+  s_ext = [np.array([0.0, 0.1, 0.95, 0.99]),       # reaches 0.9 at step 10 and 0.99 at 100
+           np.array([0.0, 0.1, 0.5, 0.6])]         # converged below the target
+  ft = evaluation.fine_tuning(s_id, s_ext, ["a", "b"], grid, (0.9, 0.99),
+                              converged=[True, True])
+  assert ft["0.9"]["target"] == 0.9 and ft["0.9"]["identity_steps"] == 1
+  assert ft["0.9"]["extractor"]["a"]["value"] == 10.0
+  assert ft["0.99"]["extractor"]["a"]["value"] == 10.0     # 100 / 10
+  assert ft["0.9"]["extractor"]["b"]["bound"] == "never"
+  ft = evaluation.fine_tuning(s_id, s_ext, ["a", "b"], grid, (0.9,), converged=[False, False])
+  assert ft["0.9"]["extractor"]["b"]["bound"] == "lower"   # still running at the cap
+  ft = evaluation.fine_tuning(-np.arange(4.0), s_ext, ["a", "b"], grid, (0.9,))
+  assert ft["0.9"]["extractor"]["a"]["bound"] == "no_gain"
+  assert evaluation.fmt_slowdown([2.0, np.inf], ["exact", "never"], 10) == "2; never for 1/2"
