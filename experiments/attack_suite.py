@@ -502,18 +502,35 @@ def table(results: dict) -> str:
                 r["fine_tuning"]["D_H"][a][f]["extractor"][l]["bound"]))
             row += f" {_fmt_cells(vals, bounds, caps[a], many)} |"
           lines.append(row)
+      gd = next((a for a in reps[0]["test_attackers"]
+                 if a in ft_reps[0]["test_accuracy"].get("D_P", {})), None)
       lines += ["", f"Definition 3.1(c) on held-out D_P: the closed-form probe's {metric} on θ "
-                "vs θ = I.", "", "| method | D_P held-out (θ = I) | D_P held-out (θ) | "
-                "difference |", "|---|---|---|---|"]
+                "vs θ = I" + (f", and the best {metric} along the {gd} trajectory (an "
+                              "early-stopped probe)" if gd else "") + ".", "",
+                "| method | D_P held-out, closed form (θ = I) | (θ) | difference |"
+                + (f" D_P best, {gd} (θ = I) | (θ) | difference |" if gd else ""),
+                "|---|---|---|---|" + ("---|---|---|" if gd else "")]
       for m in methods:
+        sub = {**d, "reports": ft_reps}
         ident = [r["dp_probe"]["identity"]["test_score"] for r in ft_reps]
-        vals, _ = _cells({**d, "reports": ft_reps}, m, lambda r, l: (
-            r["dp_probe"]["extractor"][l]["test_score"], "exact"))
-        diff, _ = _cells({**d, "reports": ft_reps}, m, lambda r, l: (
+        vals, _ = _cells(sub, m, lambda r, l: (r["dp_probe"]["extractor"][l]["test_score"],
+                                               "exact"))
+        diff, _ = _cells(sub, m, lambda r, l: (
             r["dp_probe"]["extractor"][l]["test_score"] - r["dp_probe"]["identity"]["test_score"],
             "exact"))
-        lines.append(f"| {NAMES.get(m, m)} | {common.fmt_pm(ident, 4)} | "
-                     f"{common.fmt_pm(vals, 4)} | {common.fmt_pm(diff, 3)} |")
+        row = (f"| {NAMES.get(m, m)} | {common.fmt_pm(ident, 4)} | "
+               f"{common.fmt_pm(vals, 4)} | {common.fmt_pm(diff, 3)} |")
+        if gd:
+          best = lambda c: float(np.nanmax(np.asarray(c, float)))
+          b_id = [best(r["test_accuracy"]["D_P"][gd]["identity"]) for r in ft_reps]
+          b, _ = _cells(sub, m, lambda r, l: (
+              best(r["test_accuracy"]["D_P"][gd]["extractor"][l]), "exact"))
+          bd, _ = _cells(sub, m, lambda r, l: (
+              best(r["test_accuracy"]["D_P"][gd]["extractor"][l])
+              - best(r["test_accuracy"]["D_P"][gd]["identity"]), "exact"))
+          row += (f" {common.fmt_pm(b_id, 4)} | {common.fmt_pm(b, 4)} | "
+                  f"{common.fmt_pm(bd, 3)} |")
+        lines.append(row)
       lines.append("")
     else:
       lines += [f"- {d['test_note'] or 'no held-out split'}.", ""]
