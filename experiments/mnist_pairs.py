@@ -16,7 +16,6 @@ import json
 import pathlib
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import common
+from experiments import mnist_report
 from immujax import checkpoint
 from immujax import immunize
 from immujax import spectral
@@ -50,10 +50,7 @@ def _define_flags():
   _DEVICES = flags.DEFINE_integer("devices", None, "Use only the first N devices.")
 
 
-# Table 2 of the paper: mean RIR over the 90 pairs (digest §5.2), and Fig. 2's success counts.
-PAPER_TABLE2 = {"r_ill_only": 1.93, "imma": 1.77, "opt_kappa": 69.73, "ours": 70.04}
-PAPER_SUCCESS = {"r_ill_only": 0, "imma": 1, "opt_kappa": 58, "ours": 90}
-NAMES = {"ours": "Ours", "r_ill_only": "R_ill Only", "imma": "IMMA", "opt_kappa": "Opt κ"}
+NAMES = mnist_report.NAMES
 
 
 def load_images(cfg, mnist_dir=None, tfds_dir=None):
@@ -113,7 +110,8 @@ def _runs(cfg, tasks):
                          clip_factor=cfg.clip_factor,
                          imma_steps=cfg.imma_steps if "imma" in cfg.methods else 0,
                          init=cfg.init, precondition_baselines=cfg.precondition_baselines,
-                         adaptive=cfg.adaptive, harmful_scale=cfg.get("harmful_scale", 1.0))
+                         adaptive=cfg.adaptive, harmful_scale=cfg.get("harmful_scale", 1.0),
+                         eig_solver=cfg.get("eig_solver", "warm"))
 
 
 def restore_runs(workdir):
@@ -131,8 +129,18 @@ def restore_runs(workdir):
   step = ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {workdir / 'checkpoints'}")
-  state = ckpt.restore(step, like=runs.state)
+  blocks = ckpt.restore(step, like=initial_blocks(cfg, runs, tasks))
+  state = sweep.join_methods(blocks["state"])
   return tasks, state, sweep.run_index(tuple(cfg.methods), cfg.seeds), pairs, cfg
+
+
+def initial_blocks(cfg, runs, tasks) -> dict:
+  """The checkpointed state: per-method run blocks, fallback counts, largest residual."""
+  methods = tuple(cfg.methods)
+  return {"state": sweep.split_by_method(runs.state, methods, cfg.seeds),
+          "fallbacks": tuple(np.zeros((tasks.k_p.shape[0], cfg.seeds), np.int32)
+                             for _ in methods),
+          "max_residual": np.zeros((), np.float64)}
 
 
 def main(argv):
@@ -179,18 +187,29 @@ def main(argv):
         f"{n_pairs * len(index)} runs, D_in = {tasks.k_p.shape[-1]}, {len(devices)} device(s), "
         f"source = {cfg.source}", flush=True)
 
-  # Static savings for batches that allow them: no IMMA attacker without IMMA runs, and no
-  # plain-gradient products when every spectral term is preconditioned.
-  imma_steps = cfg.imma_steps if "imma" in methods else 0
-  preconditioned_only = cfg.precondition_baselines or set(methods) <= {"ours", "imma"}
+  # Each method's runs step as their own block with their own static flags: no IMMA
+  # attacker outside IMMA, no plain-gradient products for preconditioned methods.
+  statics = [sweep.method_statics(m, imma_steps=cfg.imma_steps,
+                                  precondition_baselines=cfg.precondition_baselines)
+             for m in methods]
   task_batch = cfg.get("task_batch") or None   # pairs per device held in memory at once
+  blocks = initial_blocks(cfg, runs, tasks)
+  weights = sweep.split_by_method(runs.weights, methods, cfg.seeds)
 
-  def chunk(state, start):
+  def chunk(blocks, start):
     del start
-    return sweep.run_chunk(state, tasks, runs.weights, steps=cfg.chunk_steps, loss="bce",
-                           imma_steps=imma_steps,
-                           preconditioned_only=preconditioned_only,
-                           task_batch=task_batch, mesh=mesh if task_batch else None)
+    states, fallbacks, terms = [], [], []
+    resid = blocks["max_residual"]
+    for st, w, fb, flags in zip(blocks["state"], weights, blocks["fallbacks"], statics):
+      st, t, flagged = sweep.run_chunk_checked(
+          st, tasks, w, steps=cfg.chunk_steps, loss="bce", task_batch=task_batch,
+          mesh=mesh if task_batch else None, **flags)
+      states.append(st)
+      fallbacks.append(np.asarray(fb) + flagged)
+      terms.append(t)
+      resid = np.maximum(resid, np.asarray(t.eig_residual).max())
+    new = {"state": tuple(states), "fallbacks": tuple(fallbacks), "max_residual": resid}
+    return new, sweep.join_methods(terms)
 
   def summarize(terms):
     sup = np.asarray(terms.supervised)[:n_pairs]
@@ -201,85 +220,42 @@ def main(argv):
   total = cfg.steps
   if _MAX_CHUNKS.value is not None:
     total = min(total, _MAX_CHUNKS.value * cfg.chunk_steps)
-  state, _ = training.run_chunked(
-      chunk, runs.state, total_steps=total, chunk_steps=cfg.chunk_steps,
+  blocks, _ = training.run_chunked(
+      chunk, blocks, total_steps=total, chunk_steps=cfg.chunk_steps,
       checkpointer=checkpoint.Checkpointer(workdir / "checkpoints"),
-      on_progress=common.ProgressPrinter("mnist", summarize))
+      on_progress=common.ProgressPrinter("mnist", summarize), clock=clock)
   if total < cfg.steps:
     print(f"stopped after {total} steps (--max_chunks); rerun to resume.")
     return
+  state = sweep.join_methods(blocks["state"])
 
   ev = jax.tree.map(lambda a: np.asarray(a)[:n_pairs],
                     sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa))
   results = {"methods": {}, "seeds": cfg.seeds, "source": cfg.source, "config": cfg.to_dict(),
              "kappa": cfg.kappa, "n_pairs": n_pairs, "devices": len(devices),
-             "layout": "10x10 lists: row = harmful digit, column = pre-training digit; "
-                       "diagonal null; values are means over seeds"}
-  for m in methods:
+             "layout": mnist_report.LAYOUT,
+             "eig_solver": cfg.eig_solver if tasks.root_p is not None else "eigh",
+             "eig_max_residual": float(blocks["max_residual"])}
+  for m, fb in zip(methods, blocks["fallbacks"]):
     cols = [i for i, (mm, _) in enumerate(index) if mm == m]
-    grids = {}
-    for name in ("rir", "ratio_h", "ratio_p"):
-      per_seed = getattr(ev, name)[:, cols]  # (T, S)
-      grids[name] = _grid(pairs, per_seed.mean(axis=1))
-    ok = (ev.ratio_h[:, cols] > 1) & (ev.ratio_p[:, cols] <= 1)  # Definition 3.1 (a), (b)
-    grids["success"] = _grid(pairs, ok.mean(axis=1) == 1.0, fill=None)
-    # Table 2: mean over pairs of RIR, per seed (so ± is over seeds).
-    grids["mean_rir_per_seed"] = np.nanmean(ev.rir[:, cols], axis=0)
-    grids["n_success"] = int(np.sum(ok.mean(axis=1) == 1.0))
-    grids["diverged_runs"] = int(np.sum(~ev.finite[:, cols]))
-    results["methods"][m] = grids
-  results["wall_time_s"] = time.perf_counter() - t0
+    results["methods"][m] = mnist_report.method_results(ev, pairs, cols)
+    # Chunks of a run recomputed with the exact eigh path because a warm check failed.
+    results["methods"][m]["eig_fallback_chunks"] = int(np.asarray(fb)[:n_pairs].sum())
+  results["eig_fallback_chunks"] = sum(r["eig_fallback_chunks"]
+                                       for r in results["methods"].values())
+  results["wall_time_s"] = clock.total()   # includes earlier processes of a resumed run
   common.write_json(workdir / "results.json", results)
-  common.write_text(workdir / "table.md", _table(results, methods, cfg))
+  common.write_text(workdir / "table.md", mnist_report.table_markdown(
+      results, methods, seeds=cfg.seeds, source=cfg.source, d_in=(28 // cfg.pool) ** 2,
+      steps=cfg.steps))
   for m in methods:
-    _heatmap(results["methods"][m], NAMES[m], workdir / f"heatmap_{m}.png")
+    common.save_figure(workdir / f"heatmap_{m}.png",
+                       mnist_report.heatmap_figure(results["methods"][m], NAMES[m]))
   print((workdir / "table.md").read_text())
+  print(f"eigen-extremes: {results['eig_solver']}, {results['eig_fallback_chunks']} run-chunk(s) "
+        f"recomputed exactly, largest residual {results['eig_max_residual']:.1e}")
   print(f"wrote {workdir}/results.json, table.md, heatmap_*.png "
         f"({results['wall_time_s']:.1f} s)")
-
-
-def _grid(pairs, values, fill=np.nan):
-  g = np.full((10, 10), fill, dtype=object if fill is None else float)
-  for (p, h), v in zip(pairs, values):
-    g[h, p] = v
-  return g
-
-
-def _table(results, methods, cfg) -> str:
-  n = results["n_pairs"]
-  lines = [f"# MNIST digit pairs — Table 2 ({n} ordered pairs, {cfg.seeds} seed(s), "
-           f"source {cfg.source}, D_in = {(28 // cfg.pool) ** 2}, {cfg.steps} steps)", "",
-           "| Method | mean RIR over pairs ↑ | successes (Def. 3.1) | paper RIR | paper successes |",
-           "|---|---|---|---|---|"]
-  for m in methods:
-    r = results["methods"][m]
-    lines.append(f"| {NAMES[m]} | {common.fmt_pm(r['mean_rir_per_seed'])} | "
-                 f"{r['n_success']}/{n} | {PAPER_TABLE2[m]} | {PAPER_SUCCESS[m]}/90 |")
-  lines += ["", "Success = ratio (i) > 1 and ratio (ii) ≤ 1 for every seed (Definition 3.1). "
-            "Paper numbers: 28×28 full MNIST; compare settings before comparing values."]
-  return "\n".join(lines) + "\n"
-
-
-def _heatmap(r, title, path):
-  plt = common.matplotlib_agg()
-  rir = np.asarray(r["rir"], dtype=float)
-  success = np.asarray([[bool(v) if v is not None else False for v in row]
-                        for row in r["success"]])
-  fig, ax = plt.subplots(figsize=(5.2, 4.6))
-  log_rir = np.log(rir)
-  color = np.where(success, 1.0, -1.0)
-  color[np.isnan(log_rir)] = 0.0
-  ax.imshow(color, cmap="bwr_r", vmin=-1.6, vmax=1.6)
-  for h in range(10):
-    for p in range(10):
-      if np.isfinite(log_rir[h, p]):
-        ax.text(p, h, f"{log_rir[h, p]:.1f}", ha="center", va="center", fontsize=6.5)
-  ax.set_xticks(range(10))
-  ax.set_yticks(range(10))
-  ax.set_xlabel("pre-training digit (D_P)")
-  ax.set_ylabel("harmful digit (D_H)")
-  ax.set_title(f"{title}: ln RIR (blue = success)")
-  common.save_figure(path, fig)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Number Perspective", ICML 2025. Enable float64 before use::
     jax.config.update("jax_enable_x64", True)
 """
 
+from immujax import extreme_eigs
 from immujax.metrics import RIR
 from immujax.metrics import RIRBound
 from immujax.metrics import accuracy
@@ -23,6 +24,7 @@ from immujax.regularizers import r_well
 from immujax.regularizers import r_well_autodiff
 from immujax.regularizers import r_well_value_and_grad
 from immujax.regularizers import theta_gradient
+from immujax.spectral import allow_float32
 from immujax.spectral import condition_number
 from immujax.spectral import condition_number_authors
 from immujax.spectral import covariance

@@ -150,8 +150,8 @@ def _warm_one(b, bottom, top, *, rtol, tol, tol_bottom, max_iters):
     new_shift = bound * (1.0 - 1e-9)
     chol = jnp.linalg.cholesky(m_valid - new_shift * eye)
     good = jnp.isfinite(chol[-1, -1]) & (new_shift > 0)
-    return jax.lax.cond(good, lambda: (chol, new_shift),
-                        lambda: (unshifted, jnp.zeros_like(new_shift)))
+    # (0 · σ' rather than a constant 0: under shard_map both branches must be per-device.)
+    return jax.lax.cond(good, lambda: (chol, new_shift), lambda: (unshifted, 0.0 * new_shift))
 
   def bottom_body(carry):
     y, c, mu, _, res, res_at_factor, chol, shift, it = carry
@@ -178,7 +178,7 @@ def _warm_one(b, bottom, top, *, rtol, tol, tol_bottom, max_iters):
   res0 = jnp.linalg.norm(z0 - mu0[0] * y0[:, 0]) / mu0[0]
   yb, _, mub, z1, res_b, _, _, shift_b, it_b = jax.lax.while_loop(
       not_done, bottom_body,
-      (y0, c0, mu0, z0, res0, res0, unshifted, jnp.zeros((), dtype), jnp.int32(0)))
+      (y0, c0, mu0, z0, res0, res0, unshifted, 0.0 * res0, jnp.int32(0)))
   lam_min = shift_b + 1.0 / mub[0]
   # Lift the bottom vector from (M − σI)⁻¹y_1 rather than y_1: Bᵀ amplifies an error along
   # the eigenvector of λ_j by √(λ_j/λ_min), and the inverse damps it by ≈ λ_min/λ_j first
@@ -231,7 +231,7 @@ def _warm_one(b, bottom, top, *, rtol, tol, tol_bottom, max_iters):
   th0, x0, r0 = ritz(top)
   xt, tht, res_t, _, _, it_t = jax.lax.while_loop(
       top_not_done, top_body,
-      (x0, th0, r0, jnp.asarray(jnp.inf, dtype), jnp.zeros_like(m), jnp.int32(0)))
+      (x0, th0, r0, r0 + jnp.inf, 0.0 * m, jnp.int32(0)))
   res_t = res_t / tht[0]
   # A Cholesky failure (σ below λ_max) shows up as NaN in the iterate; a warm block that was
   # already converged makes no iteration and cannot see it, which is fine: it is converged.

@@ -112,8 +112,9 @@ def check_symmetric_matrix(s, name: str = "s") -> Array:
         "jax.vmap.")
   if s.shape[0] != s.shape[1]:
     raise ValueError(
-        f"`{name}` must be square (a Hessian or Gram matrix such as θᵀKθ); got shape "
-        f"{s.shape}. Pass thetaᵀ K theta, not the features.")
+        f"`{name}` must be a square (D, D) matrix such as a covariance K = XᵀX or a Hessian "
+        f"θᵀKθ; got shape {s.shape}, which looks like a data or feature matrix (N, D): pass "
+        "`immujax.covariance(X)` instead.")
   if s.shape[0] == 0:
     raise ValueError(f"`{name}` is empty; pass a non-empty square matrix.")
   if _is_concrete(s):

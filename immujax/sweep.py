@@ -119,6 +119,38 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
   return Runs(states, ws)
 
 
+def split_by_method(tree, methods: Sequence[str], seeds: int) -> tuple:
+  """Splits ``(T, R, ...)`` leaves into one ``(T, seeds, ...)`` tree per method.
+
+  Runs are method-major (:func:`run_index`), so each method is a contiguous block of ``R``.
+  Stepping each block with its own static flags (:func:`method_statics`) skips the work a
+  method does not need — IMMA's unrolled attacker, the plain-gradient products ``KθG`` —
+  which a single vmapped batch would compute for every run of every method.
+  """
+  return tuple(jax.tree.map(lambda a, i=i: a[:, i * seeds:(i + 1) * seeds], tree)
+               for i in range(len(methods)))
+
+
+def join_methods(trees: Sequence) -> object:
+  """Inverse of :func:`split_by_method`: concatenates the per-method blocks along ``R``."""
+  return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *trees)
+
+
+def method_statics(method: str, *, imma_steps: int,
+                   precondition_baselines: bool = False) -> dict:
+  """The static :func:`run_chunk` flags a batch of ``method`` runs alone can use.
+
+  Returns:
+    ``dict(imma_steps=..., preconditioned_only=...)``: IMMA's attacker only for IMMA runs;
+    no plain-gradient products for methods whose spectral terms are all preconditioned
+    (Ours, IMMA, or every method with ``precondition_baselines``).
+  """
+  if method not in immunize.METHODS:
+    raise ValueError(f"unknown method {method!r}; choose from {immunize.METHODS}.")
+  return dict(imma_steps=imma_steps if method == "imma" else 0,
+              preconditioned_only=precondition_baselines or method in ("ours", "imma"))
+
+
 def device_mesh(devices=None) -> Mesh:
   """A 1-D mesh named ``"tasks"`` over the given (default: all) devices."""
   devices = jax.devices() if devices is None else devices

@@ -45,8 +45,8 @@ def test_reproduces_the_authors_house_price_numbers(house_dir):
     p = am.train_authors(jax.random.key(seed), jnp.asarray(d.x_p), jnp.asarray(d.y_p),
                          jnp.asarray(d.x_h))
     fp, fh = d.x_p @ p.theta + p.bias, d.x_h @ p.theta + p.bias
-    r = ij.rir_from_hessians(fp.T @ fp, fh.T @ fh, d.x_p.T @ d.x_p, d.x_h.T @ d.x_h,
-                             kappa="authors")
+    r = ij.rir_from_hessians(h_p=fp.T @ fp, h_h=fh.T @ fh, h_p_ref=d.x_p.T @ d.x_p,
+                             h_h_ref=d.x_h.T @ d.x_h, kappa="authors")
     rirs.append(float(r.rir)), ps.append(float(r.ratio_p)), hs.append(float(r.ratio_h))
   assert 1.2 < np.mean(rirs) < 2.6
   assert 0.12 < np.mean(ps) < 0.25 and 0.2 < np.mean(hs) < 0.45

@@ -360,7 +360,7 @@ _K = _X.T @ _X
 # (id, callable(), exception, message regex)
 FUNCTION_CASES = [
     ("rir_data_matrix_for_k_p", _call("relative_immunization_ratio", np.eye(3), k_p=_X, k_h=_K),
-     ValueError, r"`k_p` must be square"),
+     ValueError, r"`k_p` must be a square \(D, D\) matrix.*covariance\(X\)"),
     ("rir_swapped_old_two_positionals", _call("relative_immunization_ratio", np.eye(3), _K),
      TypeError, r"takes its arrays as keywords"),
     ("rir_missing_k_h", _call("relative_immunization_ratio", np.eye(3), k_p=_K), TypeError,

@@ -34,10 +34,15 @@ def test_quick_sweep_layout_resume_and_sharding(tmp_path):
     rir = np.array(m["rir"], dtype=float)
     assert rir.shape == (10, 10)
     assert np.isnan(np.diag(rir)).all()
-    # (p, h) = (0, 1) lands in row h = 1, column p = 0.
-    assert np.isfinite(rir[1, 0]) and np.isnan(rir[0, 1])
+    # (p, h) = (0, 1) lands in row p = 0, column h = 1 (the paper's Fig. 2 orientation).
+    assert np.isfinite(rir[0, 1]) and np.isnan(rir[1, 0])
     assert np.array(m["success"], dtype=object).shape == (10, 10)
   assert "Ours" in (full / "table.md").read_text()
+  assert "row = pre-training digit" in res["layout"]
+  # The warm-started extremes ran and were checked at every step.
+  assert res["eig_solver"] == "warm" and res["eig_max_residual"] < 1e-8
+  assert res["eig_fallback_chunks"] == sum(m["eig_fallback_chunks"]
+                                           for m in res["methods"].values())
 
   part = tmp_path / "part"
   _run(part, "--max_chunks=1")
@@ -46,7 +51,9 @@ def test_quick_sweep_layout_resume_and_sharding(tmp_path):
   resumed = json.loads((part / "results.json").read_text())
 
   sharded = tmp_path / "sharded"
-  stdout = _run(sharded, "--config.task_batch=1", devices=4)  # shard_map + lax.map path
+  # shard_map + lax.map path on 4 devices: Cholesky, triangular solves and eigh run on every
+  # device at once and must not deadlock (jaxlib 0.10.x's batched CPU LAPACK path would).
+  stdout = _run(sharded, "--config.task_batch=1", devices=4)
   assert "4 device(s)" in stdout
   shard = json.loads((sharded / "results.json").read_text())
   for m in res["methods"]:

@@ -166,7 +166,7 @@ def test_ours_raises_rir_on_a_toy_problem():
 def test_orthogonal_init_is_kappa_neutral():
   task, _ = _task(7)
   params = im.init_params(jax.random.key(3), 5)
-  assert float(ij.relative_immunization_ratio(task.k_p, task.k_h, params.theta).rir) == \
+  assert float(ij.relative_immunization_ratio(params.theta, k_p=task.k_p, k_h=task.k_h).rir) == \
       pytest.approx(1.0, abs=1e-10)
 
 

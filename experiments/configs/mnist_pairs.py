@@ -40,6 +40,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.precondition_baselines = False
   c.kappa = "pinv"
   c.roots = True             # eigendecompose rank×rank Grams instead of D×D (same spectra)
+  c.eig_solver = "warm"      # "warm": Cholesky + warm-started block iterations, checked,
+                             # with exact fallback (immujax/extreme_eigs.py); "eigh": full
   if variant in ("paper", "paper_ours"):
     c.source = "idx"
     c.pool = 1
@@ -99,6 +101,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     common.validate_nonnegative_int(c.imma_steps, f + "imma_steps")
   common.validate_choice(c.init, f + "init", ("orthogonal", "identity", "torch_default"))
   common.validate_choice(c.kappa, f + "kappa", ("pinv", "authors"))
+  common.validate_choice(c.eig_solver, f + "eig_solver", ("warm", "eigh"))
   unknown = sorted(set(c.keys()) - set(get_config().keys()))
   if unknown:
     raise ValueError(f"the config has unknown fields {unknown}; remove them.")
