@@ -481,7 +481,8 @@ def evaluate_many(tasks: Sequence[ProbeData], thetas: Sequence[np.ndarray],
   reports = [{"extractors": list(labels), "kind": t.kind, "eps": eps,
               "attackers": list(attackers), "test_attackers": list(test_attackers),
               "caps": {n: cap[n] for n in names}, "expected_scaling":
-              {n: EXPECTED.get(n, "?") for n in names}, "slowdown": {}, "steps": {},
+              {n: EXPECTED.get(n, "?") for n in names}, "slowdown": {},
+              "slowdown_excess": {}, "steps": {},
               "norm_ratio": {}, "test_accuracy": {}, "fine_tuning": {}} for t in tasks]
   for i, (task, th) in enumerate(zip(tasks, thetas)):
     block = rir[i] if rir is not None and rir[i] is not None else _rir_block(task, th)
@@ -526,19 +527,22 @@ def evaluate_many(tasks: Sequence[ProbeData], thetas: Sequence[np.ndarray],
             "steps": grid, "identity": ident["norm_ratio"],
             "extractor": {l: e["norm_ratio"] for l, e in zip(labels, ext)}}
         if name in attackers:
+          for row, key in ((0, "slowdown"), (1, "slowdown_excess")):
+            cells = {}
+            for k, e in enumerate(eps):
+              vals, bounds = slowdown([x["steps"][row, k] for x in ext],
+                                      ident["steps"][row, k], cap_imm=cap[name])
+              cells[f"{e:.0e}"] = {
+                  l: {"value": float(v), "bound": b, "steps": int(x["steps"][row, k]),
+                      "identity_steps": int(ident["steps"][row, k]), "cap": cap[name]}
+                  for l, v, b, x in zip(labels, vals, bounds, ext)}
+            rep[key].setdefault(name, {})[side] = cells
           rep["steps"].setdefault(name, {})[side] = {
               "identity": {f"{e:.0e}": int(ident["steps"][0, k]) for k, e in enumerate(eps)},
+              "identity_excess": {f"{e:.0e}": int(ident["steps"][1, k])
+                                  for k, e in enumerate(eps)},
               "extractor": {f"{e:.0e}": {l: int(x["steps"][0, k]) for l, x in zip(labels, ext)}
                             for k, e in enumerate(eps)}}
-          cells = {}
-          for k, e in enumerate(eps):
-            vals, bounds = slowdown([x["steps"][0, k] for x in ext], ident["steps"][0, k],
-                                    cap_imm=cap[name])
-            cells[f"{e:.0e}"] = {
-                l: {"value": float(v), "bound": b, "steps": int(x["steps"][0, k]),
-                    "identity_steps": int(ident["steps"][0, k]), "cap": cap[name]}
-                for l, v, b, x in zip(labels, vals, bounds, ext)}
-          rep["slowdown"].setdefault(name, {})[side] = cells
         if name in test_attackers and task.has_test(side):
           _, _, x_t, y_t = task.side(side)
           s_id = test_scores(ident["w"], th_all[0], x_t, y_t, task.kind)
@@ -643,7 +647,8 @@ def evaluate(data: ProbeData, thetas: np.ndarray, labels: Optional[Sequence[str]
       ``rir_bounded`` and ``null_space_leak`` (``max ‖K_Hv‖/‖K_H‖`` over ``v ∈ null(K_P)``:
       > 0 means RIR can be made arbitrarily large, BUILD_NOTES "The RIR limit").
     * ``slowdown``: attacker → side → ε → extractor → ``{"value", "bound", "steps",
-      "identity_steps", "cap"}``.
+      "identity_steps", "cap"}``, read on the norm ratio (Eq. 16); ``slowdown_excess`` the
+      same read on the excess loss ``(L(w_t) − L*)/(L(w_0) − L*)``.
     * ``test_accuracy`` (held-out splits only): side → attacker → ``{"metric", "steps",
       "identity": curve, "extractor": {label: curve}}``.
     * ``fine_tuning``: side → attacker → fraction → ``{"target", "identity_steps",
