@@ -280,9 +280,11 @@ def load_mnist_workdir(mnist_workdir, *, max_pairs: int, mnist_dir=None,
     note = "held out: given by test_fn"
   else:
     tests, note = _mnist_tests(mnist_workdir, mcfg, pairs, mnist_dir)
+  k_p, k_h = np.asarray(tasks.k_p), np.asarray(tasks.k_h)   # K of digit p / h (paper §5.2)
   probe = [evaluation.validate_data({"x_p": x_p[t], "y_p": y_p[t], "x_h": x_h[t],
                                      "y_h": y_h[t], **(tests[t] if tests else {})},
-                                    kind="classification", name=f"MNIST pair {p}→{h}")
+                                    kind="classification", name=f"MNIST pair {p}→{h}",
+                                    k_p=k_p[t], k_h=k_h[t])
            for t, (p, h) in enumerate(pairs)]
   return Dataset(
       name="mnist", source=f"{mnist_workdir} ({n} of the run's pairs)",
@@ -371,7 +373,8 @@ def run_suite(datasets: Sequence[Dataset], cfg: ml_collections.ConfigDict, *,
     kwargs = config_lib.evaluation_kwargs(cfg, ds.thetas.shape[2])
     rir = []
     for t, task in enumerate(ds.tasks):
-      bound = metrics.rir_upper_bound(k_p=task.x_p.T @ task.x_p, k_h=task.x_h.T @ task.x_h)
+      k_p, k_h = task.covariances()
+      bound = metrics.rir_upper_bound(k_p=k_p, k_h=k_h)
       rir.append({"rir": ds.rir[t], "ratio_h": ds.ratio_h[t], "ratio_p": ds.ratio_p[t],
                   "rir_limit": float(bound.rir_on_range), "rir_bounded": bool(bound.bounded),
                   "null_space_leak": float(bound.leak)})

@@ -103,13 +103,14 @@ def _pool(images, pool: int):
 
 
 def mnist_arrays(pair, *, source: str, mnist_dir, pool: int, n_per_digit: int,
-                 kind: str = "one_vs_rest") -> dict:
+                 kind: str = "one_vs_rest", test_dir=None) -> dict:
   """One digit pair's probe data, built like ``experiments.mnist_pairs`` (seed 0 subsets).
 
-  Held-out split: with IDX files, the MNIST test split (t10k), one-vs-rest and balanced
-  (``evaluation.one_vs_rest``). With the embedded sample (500 train images per digit), the
-  sample images that ``digit_subsets`` did not draw — so a run with ``n_per_digit = 500``
-  has no held-out part there, and this raises.
+  The training images come from ``source`` (``"sample"`` or ``"idx"`` in ``mnist_dir``).
+  Held-out split: with ``test_dir`` (IDX files), the MNIST test split (t10k), one-vs-rest and
+  balanced (``evaluation.one_vs_rest``). Without it, the training images that
+  ``digit_subsets`` did not draw — so a sample run with ``n_per_digit = 500`` has no held-out
+  part there, and this raises.
   """
   from immujax import immunize  # pylint: disable=g-import-not-at-top
   from immujax.data import mnist  # pylint: disable=g-import-not-at-top
@@ -121,8 +122,8 @@ def mnist_arrays(pair, *, source: str, mnist_dir, pool: int, n_per_digit: int,
   x_p, y_p = mnist.pretraining_task(subsets, p, h, kind=kind)
   x_h, y_h = mnist.harmful_task(subsets, p, h, kind=kind)
   del immunize
-  if source == "idx":
-    t_images, t_labels = mnist.load_mnist("idx", mnist_dir=mnist_dir, split="test")
+  if test_dir is not None:
+    t_images, t_labels = mnist.load_mnist("idx", mnist_dir=test_dir, split="test")
     t_images = _pool(t_images, pool)
   else:
     rest = np.setdiff1d(np.arange(len(labels)), idx.ravel())
@@ -135,7 +136,9 @@ def mnist_arrays(pair, *, source: str, mnist_dir, pool: int, n_per_digit: int,
   x_pt, y_pt = evaluation.one_vs_rest(t_images, t_labels, p, h)
   x_ht, y_ht = evaluation.one_vs_rest(t_images, t_labels, h, p)
   return {"x_p": x_p, "y_p": y_p, "x_h": x_h, "y_h": y_h, "x_p_test": x_pt, "y_p_test": y_pt,
-          "x_h_test": x_ht, "y_h_test": y_ht}
+          "x_h_test": x_ht, "y_h_test": y_ht,
+          # RIR's K_P, K_H: the Grams of digit p's and digit h's images (paper §5.2).
+          "k_p": subsets[p].T @ subsets[p], "k_h": subsets[h].T @ subsets[h]}
 
 
 def _mnist_workdir_extractors(workdir, pair):
@@ -229,16 +232,24 @@ def load_inputs(extractor, data, *, kind=None, data_dir=None, mnist_dir=None, pa
     if pool is None:
       raise ValueError(f"--extractor has D_in = {d_in}, which is not MNIST at 28×28 (784), "
                        "14×14 (196) or 7×7 (49); pass --data=FILE.npz instead.")
-    source = "idx" if mnist_dir is not None else "sample"
-    n_per_digit = (mcfg.n_per_digit if mcfg is not None else (5421 if source == "idx" else 400))
+    if mcfg is not None:          # the run's own training data
+      source, n_per_digit = mcfg.source, mcfg.n_per_digit
+      if source == "idx" and mnist_dir is None:
+        raise FileNotFoundError("--extractor was trained on MNIST IDX files; pass "
+                                "--mnist_dir=<the MNIST IDX folder>.")
+    else:
+      source = "idx" if mnist_dir is not None else "sample"
+      n_per_digit = 5421 if source == "idx" else 400
     arrays = mnist_arrays(info.get("pair") or pair or (0, 1), source=source,
                           mnist_dir=None if mnist_dir is None else str(mnist_dir), pool=pool,
                           n_per_digit=n_per_digit,
-                          kind=mcfg.task if mcfg is not None else "one_vs_rest")
+                          kind=mcfg.task if mcfg is not None else "one_vs_rest",
+                          test_dir=None if mnist_dir is None else str(mnist_dir))
   else:
     arrays = load_npz(data)
-  probe_data = evaluation.validate_data(arrays, kind=kind,
-                                        name=f"--data={data}")
+  k_p, k_h = arrays.pop("k_p", None), arrays.pop("k_h", None)
+  probe_data = evaluation.validate_data(arrays, kind=kind, name=f"--data={data}", k_p=k_p,
+                                        k_h=k_h)
   thetas = evaluation.validate_extractors(thetas, probe_data.d_in, name="--extractor")
   return probe_data, thetas, labels, info
 

@@ -75,6 +75,8 @@ class ProbeData:
     x_p_test, y_p_test, x_h_test, y_h_test: held-out splits, or None.
     kind: ``"classification"`` (targets in {0, 1}; score = accuracy) or ``"regression"``
       (score = R²).
+    k_p, k_h: optional ``(D_in, D_in)`` covariances for RIR when they are not the probes'
+      ``XᵀX`` (MNIST: K_P is the Gram of digit p's images only, paper §5.2).
   """
   x_p: np.ndarray
   y_p: np.ndarray
@@ -85,6 +87,14 @@ class ProbeData:
   x_h_test: Optional[np.ndarray] = None
   y_h_test: Optional[np.ndarray] = None
   kind: str = "regression"
+  k_p: Optional[np.ndarray] = None
+  k_h: Optional[np.ndarray] = None
+
+  def covariances(self) -> tuple[np.ndarray, np.ndarray]:
+    """``(K_P, K_H)`` of RIR: the given ones (MNIST: the images of one digit, as the paper),
+    else ``X_PᵀX_P`` and ``X_HᵀX_H``."""
+    return (self.x_p.T @ self.x_p if self.k_p is None else self.k_p,
+            self.x_h.T @ self.x_h if self.k_h is None else self.k_h)
 
   @property
   def d_in(self) -> int:
@@ -101,7 +111,7 @@ class ProbeData:
 
 
 def validate_data(arrays: Mapping[str, Any], *, kind: Optional[str] = None,
-                  name: str = "--data") -> ProbeData:
+                  name: str = "--data", k_p: Any = None, k_h: Any = None) -> ProbeData:
   """Checks the arrays of a probe data set and returns them as a :class:`ProbeData`.
 
   Args:
@@ -173,7 +183,17 @@ def validate_data(arrays: Mapping[str, Any], *, kind: Optional[str] = None,
               else f"is constant ({out[k][0]:g}), so R² is undefined")
       raise ValueError(f"{name}: held-out {k!r} {what}. Give a test split with both classes "
                        f"(or varying targets), or leave out {k.replace('y_', 'x_')!r}/{k!r}.")
-  return ProbeData(kind=kind, **out)
+  ks = {}
+  for kname, k in (("k_p", k_p), ("k_h", k_h)):
+    if k is None:
+      continue
+    k = np.asarray(k, np.float64)
+    d = out["x_p"].shape[1]
+    if k.shape != (d, d) or not np.all(np.isfinite(k)):
+      raise ValueError(f"{name}: {kname} must be a finite ({d}, {d}) covariance; got shape "
+                       f"{k.shape}.")
+    ks[kname] = k
+  return ProbeData(kind=kind, **out, **ks)
 
 
 def validate_extractors(thetas: Any, d_in: int, *, name: str = "--extractor") -> np.ndarray:
@@ -424,7 +444,7 @@ def steps_to_score(scores: np.ndarray, grid: np.ndarray, target: Any) -> np.ndar
 
 
 def _rir_block(data: ProbeData, thetas: np.ndarray) -> dict:
-  k_p, k_h = data.x_p.T @ data.x_p, data.x_h.T @ data.x_h
+  k_p, k_h = data.covariances()
   r = [metrics.relative_immunization_ratio(jnp.asarray(t), k_p=k_p, k_h=k_h) for t in thetas]
   bound = metrics.rir_upper_bound(k_p=k_p, k_h=k_h)
   return {"rir": np.array([float(x.rir) for x in r]),
