@@ -474,7 +474,8 @@ def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: s
 
 def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
                      step_scale: float, imma_steps: int = 5,
-                     harmful_scale: float = 1.0) -> dict[str, Array]:
+                     harmful_scale: float = 1.0,
+                     basis: extreme_eigs.Basis | None = None) -> dict[str, Array]:
   """Regularizer weights "balanced by gradient norm" (paper, Sec. 6), made concrete.
 
   λ_P is set so the R_well step is a fixed fraction of its stability limit
@@ -493,12 +494,15 @@ def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
     imma_steps: IMMA's inner steps; 0 (static) skips IMMA, whose weight is then 0.
     harmful_scale: weight of the harmful-side terms relative to the balanced ones (1 =
       equal norms, the paper's "balancing"; the paper's own λ values are unknown).
+    basis: warm-start blocks at θ0 (:func:`initial_basis`); given, the extremes come from
+      :func:`extreme_eigs.warm` (converged at once) instead of another ``eigh``.
 
   Returns:
     Dict with keys ``r_well, r_ill, r_ill_plain, log_kappa_p, log_kappa_h, imma``.
   """
   theta = params0.theta
-  kp_theta, kh_theta, h_p, h_h, e_p, e_h, _, _ = _hessians_and_extremes(theta, task, None)
+  kp_theta, kh_theta, h_p, h_h, e_p, e_h, _, _ = _hessians_and_extremes(theta, task, None,
+                                                                       basis=basis)
   lam_p = step_scale / (learning_rate * e_p.sigma_max)
   norm = lambda m, g: jnp.linalg.norm(2.0 * m @ g)
   target = lam_p * norm(theta, regularizers.r_well_value_and_grad(h_p, e_p).grad)

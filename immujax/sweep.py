@@ -97,16 +97,18 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
   def one_task(task):
     def one_seed(k):
       params0 = immunize.init_params(k, d_in, init=init)
+      # One exact eigh pair per (task, seed); balancing and the first-step norms reuse its
+      # vectors through the warm path, which is converged at once.
+      basis = immunize.initial_basis(params0.theta, task) if warm else None
       bal = immunize.balanced_weights(params0, task, learning_rate=learning_rate,
                                       step_scale=step_scale, imma_steps=imma_steps,
-                                      harmful_scale=harmful_scale)
+                                      harmful_scale=harmful_scale, basis=basis)
       ws = [immunize.balanced_method_weights(
           m, bal, precondition_baselines=precondition_baselines, adaptive=adaptive,
           learning_rate=learning_rate, step_scale=step_scale) for m in methods]
       ws = jax.tree.map(lambda *a: jnp.stack(a), *ws)  # (M,)
       norms = jax.vmap(lambda w: immunize.direction_norm(
-          params0, task, w, imma_steps=imma_steps))(ws)
-      basis = immunize.initial_basis(params0.theta, task) if warm else None
+          params0, task, w, imma_steps=imma_steps, basis=basis))(ws)
       states = jax.vmap(lambda n: immunize.init_state(params0, learning_rate,
                                                       clip_factor * n, basis=basis))(norms)
       return states, ws
@@ -293,7 +295,13 @@ def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
     were recomputed exactly in this chunk (their ``terms.eig_ok`` stays False, as a record).
   """
   new, terms = run_chunk(state, tasks, weights, **kwargs)
-  ok = np.asarray(terms.eig_ok)
+  ok = terms.eig_ok
+  if isinstance(ok, jax.Array) and not ok.is_fully_addressable:
+    # Split over several processes (jax.distributed): every process gathers the flags, so
+    # all of them recompute the same runs below.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ok = multihost_utils.process_allgather(ok, tiled=True)
+  ok = np.asarray(ok)
   ok = ok.all(axis=-1) if kwargs.get("all_steps") else ok
   if state.basis is None or kwargs.get("exact") or ok.all():
     return new, terms, np.zeros(ok.shape, bool)

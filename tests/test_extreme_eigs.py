@@ -163,7 +163,11 @@ def test_sweep_warm_matches_eigh_for_ours_and_counts_fallbacks():
     out[solver] = np.asarray(sweep.evaluate(state, tasks, loss="bce").rir)
     if solver == "warm":
       assert np.asarray(terms.eig_residual).max() < 1e-10
-  np.testing.assert_allclose(out["warm"], out["eigh"], rtol=1e-8)
+  # Ours and R_ill Only to 1e-8. IMMA drives θ towards singular (RIR ~3e5 here, its rank
+  # drops and its steps fall back to eigh); round-off in its balanced weights then shows at
+  # ~1e-8, so it gets 1e-6.
+  np.testing.assert_allclose(out["warm"][:, :4], out["eigh"][:, :4], rtol=1e-8)
+  np.testing.assert_allclose(out["warm"][:, 4:], out["eigh"][:, 4:], rtol=1e-6)
 
 
 def test_fallback_recomputes_flagged_runs_exactly(monkeypatch):
