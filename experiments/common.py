@@ -439,6 +439,16 @@ def run(main: Callable[[list[str]], Any], *, define_flags: Callable[[], None] | 
       kept = [c.workdir for c in _CLAIMS
               if _step_dirs(c.workdir / "checkpoints") - c.old_steps]
       release_workdirs()
+      if _distributed():
+        # Several processes: exit now. The normal exit would wait at jax.distributed's
+        # shutdown barrier for processes that may be dead or stuck.
+        if flags.FLAGS.verbose or not isinstance(e, known):
+          traceback.print_exc()
+        print(f"error: process {jax.process_index()}: "
+              f"{_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2 if isinstance(e, known) else 1)
       if flags.FLAGS.verbose:
         raise
       if isinstance(e, known):
@@ -455,3 +465,135 @@ def run(main: Callable[[list[str]], Any], *, define_flags: Callable[[], None] | 
       raise
 
   app.run(wrapped, flags_parser=_parse_flags)
+
+
+# ------------------------------------------------------- several processes (jax.distributed)
+
+# Environment variables that mean "a cluster launched this process": with none of the three
+# flags given, jax.distributed.initialize() then finds the coordinator by itself.
+_CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
+                "MEGASCALE_COORDINATOR_ADDRESS", "CLOUD_TPU_TASK_ID")
+
+
+def define_distributed_flags() -> None:
+  """Defines ``--coordinator_address``, ``--num_processes``, ``--process_id`` and a timeout."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string(
+      "coordinator_address", None, "host:port of process 0, for a run as several processes "
+      "(jax.distributed); give it with --num_processes and --process_id. Absent on Slurm or a "
+      "TPU pod: detected from the environment.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 … num_processes − 1.")
+  flags.DEFINE_integer(
+      "distributed_timeout_s", 300, "Seconds to wait for the other processes to connect, and "
+      "without a heartbeat before a process counts as dead (the others then exit).")
+
+
+def validate_distributed(address, num_processes, process_id, timeout_s) -> bool:
+  """Checks the three flags together; True if they ask for a multi-process run."""
+  given = [v is not None for v in (address, num_processes, process_id)]
+  validate_positive_int(timeout_s, "--distributed_timeout_s")
+  if not any(given):
+    return False
+  if not all(given):
+    missing = [n for n, g in zip(("--coordinator_address", "--num_processes", "--process_id"),
+                                 given) if not g]
+    raise ValueError(f"{', '.join(missing)} missing: --coordinator_address, --num_processes "
+                     "and --process_id go together; pass all three, or none.")
+  host, sep, port = str(address).rpartition(":")
+  if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ValueError(f"--coordinator_address={address!r} must be host:port, e.g. "
+                     "localhost:12345 (the address of process 0).")
+  validate_positive_int(num_processes, "--num_processes")
+  if not _is_int(process_id) or not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id!r} must be in 0 … {num_processes - 1} "
+                     f"(--num_processes={num_processes}).")
+  return True
+
+
+def init_distributed() -> None:
+  """``jax.distributed.initialize`` from the flags (or the cluster's environment).
+
+  Call before any JAX computation. With none of the three flags and no cluster in the
+  environment this does nothing (one process). The CPU collectives implementation is set
+  to gloo explicitly: a multi-process CPU run needs one to exchange the small results.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  address, num, pid = f.coordinator_address, f.num_processes, f.process_id
+  timeout = f.distributed_timeout_s
+  explicit = validate_distributed(address, num, pid, timeout)
+  if not explicit and not any(os.environ.get(v) for v in _CLUSTER_ENV):
+    return
+  if not explicit and os.environ.get("SLURM_JOB_ID") and int(
+      os.environ.get("SLURM_NTASKS", os.environ.get("SLURM_NPROCS", "1"))) <= 1:
+    return   # one Slurm task: nothing to coordinate
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # A dead process is noticed within `timeout` (heartbeats); at a normal exit the others
+  # wait up to 5 minutes for process 0, which writes the results last.
+  kwargs = dict(initialization_timeout=timeout, heartbeat_timeout_seconds=timeout,
+                shutdown_timeout_seconds=max(timeout, 300))
+  if explicit:
+    jax.distributed.initialize(address, num, pid, **kwargs)
+  else:
+    jax.distributed.initialize(**kwargs)
+
+
+def _distributed() -> bool:
+  try:
+    return bool(jax.distributed.is_initialized())
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def is_main_process() -> bool:
+  """True on process 0, the one process that writes results, tables, plots and metrics."""
+  return jax.process_index() == 0
+
+
+def to_host(tree):
+  """Every leaf as a numpy array holding the whole (global) array, on every process.
+
+  Arrays split over several processes are gathered (``process_allgather``, a collective:
+  every process must call this at the same point); everything else is ``np.asarray``.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def leaf(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+  return jax.tree.map(leaf, tree)
+
+
+def put_global(tree, mesh, axes=None):
+  """Places identical host copies of a batch on ``mesh``, split along axis 0.
+
+  Every process holds the same values (they computed them identically); each keeps only
+  the rows of its own devices. ``axes`` is a pytree prefix of ``tree`` of 0 (split) or
+  None (replicate), e.g. ``sweep.task_axes(tasks)``; default: split every leaf.
+  """
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  split = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+  whole = NamedSharding(mesh, PartitionSpec())
+
+  def leaf(a, ax):
+    if a is None:
+      return None
+    host = np.asarray(a) if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else None
+    if host is None:   # typed PRNG keys: move their raw data
+      data = put_global(jax.random.key_data(a), mesh, ax)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    sharding = whole if ax is None else split
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+  if axes is None:
+    return jax.tree.map(lambda a: leaf(a, 0), tree)
+  return jax.tree.map(lambda ax, a: leaf(a, ax), axes, tree, is_leaf=lambda x: x is None)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches this point (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

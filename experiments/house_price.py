@@ -4,7 +4,12 @@ r"""House prices (Table 1, Fig. 1): Algorithm 1 and the baselines over N seeds i
       --data_dir=../shared/data/house_price [--config=experiments/configs/house_price.py:quick]
 
 Writes ``results.json``, ``table.md`` and ``norm_ratio.png`` into ``--workdir``; checkpoints
-after every chunk under ``--workdir/checkpoints`` and resumes from them when rerun.
+after every chunk under ``--workdir/checkpoints`` and resumes from them when rerun. Per-step
+terms go to ``metrics.jsonl``, ``tensorboard/`` and ``metrics_runs/`` (experiments.metrics_log).
+
+There is one task, so the runs (methods × seeds) take the place of the task axis: the one
+task is repeated per run, and the runs are split over every device of every process
+(``--coordinator_address``, ``--num_processes``, ``--process_id``; README, "Scaling out").
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import common
+from experiments import metrics_log
 from experiments.configs import house_price as config_lib
 from immujax import attacks
 from immujax import checkpoint
@@ -43,6 +49,7 @@ def _define_flags():
       "cache_dir", None, "With no data dir: download OpenML house_prices (id 42165) here.")
   _MAX_CHUNKS = flags.DEFINE_integer(
       "max_chunks", None, "Stop after this many chunks, as if killed (for resume tests).")
+  common.define_distributed_flags()
 
 
 # Table 1 of the paper (means; digest §5.1).
@@ -60,6 +67,9 @@ def main(argv):
     raise ValueError(f"unexpected positional arguments {argv[1:]}; every option is a --flag.")
   common.enable_float64()
   clock = training.WallClock()   # the whole run's wall time, across resumes
+  common.init_distributed()   # several processes: before any JAX computation
+  multi = jax.process_count() > 1
+  main_process = common.is_main_process()
 
   # Validate every flag and config field, and load the data, BEFORE touching the workdir.
   cfg = _CONFIG.value
@@ -75,7 +85,9 @@ def main(argv):
   data = house_prices.load_house_prices(
       None if data_dir is None else str(data_dir), n_train=cfg.n_train,
       cache_dir=_CACHE_DIR.value)
-  common.claim_workdir(workdir, cfg.to_dict())
+  if main_process:   # process 0 owns the workdir's files; the others wait for it
+    common.claim_workdir(workdir, cfg.to_dict())
+  common.barrier("house_price: workdir claimed")
   task = immunize.make_task(data.x_p, data.y_p, data.x_h, data.y_h)
   tasks = jax.tree.map(lambda a: a[None], task)  # T = 1
   methods = tuple(cfg.methods)
@@ -84,11 +96,29 @@ def main(argv):
                          clip_factor=cfg.clip_factor, imma_steps=cfg.imma_steps,
                          init=cfg.init, precondition_baselines=cfg.precondition_baselines)
   index = sweep.run_index(methods, cfg.seeds)
+  # The R runs become the batch axis, (1, R) -> (R, 1), each with its own copy of the one
+  # (small) task, padded to a multiple of the device count and split over all devices.
+  n_runs, devices = len(index), jax.devices()
+  runs = sweep.pad_tasks(jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), runs), len(devices))
+  batch = runs.state.step.shape[0]
+  run_tasks = jax.tree.map(lambda a: jnp.repeat(a, batch, axis=0), tasks)
+  mesh = sweep.device_mesh(devices)
+  if multi:
+    run_tasks, runs = common.put_global(run_tasks, mesh), common.put_global(runs, mesh)
+  else:
+    run_tasks, runs = sweep.shard_tasks(run_tasks, mesh), sweep.shard_tasks(runs, mesh)
+  log = metrics_log.MetricsLog(workdir, [m for m, _ in index], n_tasks=1,
+                               enabled=main_process)
 
   def chunk(state, start):
-    del start
-    return sweep.run_chunk(state, tasks, runs.weights, steps=cfg.chunk_steps, loss="mse",
-                           imma_steps=cfg.imma_steps)
+    state, terms, _ = sweep.run_chunk_checked(
+        state, run_tasks, runs.weights, steps=cfg.chunk_steps, loss="mse",
+        imma_steps=cfg.imma_steps, all_steps=True, task_batch=batch // len(devices),
+        mesh=mesh)
+    # (batch, 1, steps) on all devices -> host (T = 1, R, steps), gathered by every process.
+    terms = jax.tree.map(lambda a: a[:n_runs, 0][None], common.to_host(terms))
+    log.write(start, terms)   # before the checkpoint: a resume drops what follows it
+    return state, jax.tree.map(lambda a: a[..., -1], terms)
 
   def summarize(terms):
     sup = np.asarray(terms.supervised)[0]
@@ -102,14 +132,20 @@ def main(argv):
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
   state, _ = training.run_chunked(
       chunk, runs.state, total_steps=total, chunk_steps=cfg.chunk_steps, checkpointer=ckpt,
-      on_progress=common.ProgressPrinter("house", summarize), clock=clock)
+      on_progress=common.ProgressPrinter("house", summarize) if main_process else None,
+      clock=clock)
+  log.close()
   if total < cfg.steps:
-    print(f"stopped after {total} steps (--max_chunks); rerun to resume.")
+    if main_process:
+      print(f"stopped after {total} steps (--max_chunks); rerun to resume.")
     return
 
-  ev = jax.tree.map(lambda a: np.asarray(a)[0], sweep.evaluate(state, tasks, kappa=cfg.kappa))
+  ev, params = common.to_host((sweep.evaluate(state, run_tasks, kappa=cfg.kappa),
+                               state.params))
+  ev, params = jax.tree.map(lambda a: a[:n_runs, 0], (ev, params))   # (R,) per run
+  if not main_process:
+    return   # process 0 alone writes the results
   bound = metrics.rir_upper_bound(k_p=task.k_p, k_h=task.k_h)
-  params = jax.tree.map(lambda a: a[0], state.params)
 
   # Definition 3.1(c): the D_P loss a fresh probe reaches on θ_I, vs on the identity.
   def probe_optimum(theta):
@@ -120,6 +156,7 @@ def main(argv):
   dp_probe = np.asarray(jax.vmap(probe_optimum)(params.theta))
 
   results = {"methods": {}, "kappa": cfg.kappa, "config": cfg.to_dict(),
+             "devices": len(devices), "processes": jax.process_count(),
              "rir_upper_bound": float(bound.rir_on_range),
              "rir_upper_bound_bounded": bool(bound.bounded),
              "null_space_leak": float(bound.leak),

@@ -24,6 +24,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import common
+from experiments import metrics_log
 from experiments import mnist_report
 from immujax import checkpoint
 from immujax import immunize
@@ -48,6 +49,7 @@ def _define_flags():
   _MAX_CHUNKS = flags.DEFINE_integer(
       "max_chunks", None, "Stop after this many chunks, as if killed (for resume tests).")
   _DEVICES = flags.DEFINE_integer("devices", None, "Use only the first N devices.")
+  common.define_distributed_flags()
 
 
 NAMES = mnist_report.NAMES
@@ -148,6 +150,9 @@ def main(argv):
   common.enable_float64()
   cfg = _CONFIG.value
   t0 = time.perf_counter()
+  common.init_distributed()   # several processes: before any JAX computation
+  multi = jax.process_count() > 1
+  main_process = common.is_main_process()
   clock = training.WallClock(t0)   # the whole run's wall time, across resumes
   # Validate every flag and config field, and load the data, BEFORE touching the workdir.
   from experiments.configs import mnist_pairs as config_lib  # pylint: disable=g-import-not-at-top
@@ -155,6 +160,9 @@ def main(argv):
   workdir = common.validate_workdir(_WORKDIR.value)
   common.validate_positive_int(_MAX_CHUNKS.value, "--max_chunks", allow_none=True)
   common.validate_positive_int(_DEVICES.value, "--devices", allow_none=True)
+  if _DEVICES.value and multi:
+    raise ValueError("--devices cannot be combined with a multi-process run; every "
+                     "process's devices are used (set the device count per process instead).")
   if _DEVICES.value and _DEVICES.value > jax.device_count():
     raise ValueError(
         f"--devices={_DEVICES.value} but only {jax.device_count()} device(s) exist; pass fewer, "
@@ -172,20 +180,31 @@ def main(argv):
   print(f"[mnist] {len(labels)} images loaded (source {cfg.source}); building the tasks",
         flush=True)
   methods = tuple(cfg.methods)
-  common.claim_workdir(workdir, cfg.to_dict(), {"mnist_dir": mnist_dir,
-                                                 "tfds_data_dir": _TFDS_DIR.value})
+  if main_process:   # process 0 owns the workdir's files; the others wait for it
+    common.claim_workdir(workdir, cfg.to_dict(), {"mnist_dir": mnist_dir,
+                                                   "tfds_data_dir": _TFDS_DIR.value})
+  common.barrier("mnist_pairs: workdir claimed")
 
   devices = jax.devices()[: _DEVICES.value] if _DEVICES.value else jax.devices()
   mesh = sweep.device_mesh(devices)
   tasks, pairs = build_tasks(cfg, images, labels)
   n_pairs = len(pairs)
-  tasks = sweep.shard_tasks(sweep.pad_tasks(tasks, len(devices)), mesh)
-  runs = _runs(cfg, tasks)
-  runs = sweep.shard_tasks(runs, mesh)
+  tasks = sweep.pad_tasks(tasks, len(devices))
+  if multi:
+    # Every process built the same tasks and initial runs; each keeps its devices' rows of
+    # the global arrays (the task axis is split over all processes' devices).
+    runs = _runs(cfg, tasks)
+    tasks = common.put_global(tasks, mesh, sweep.task_axes(tasks))
+    runs = common.put_global(runs, mesh)
+  else:
+    tasks = sweep.shard_tasks(tasks, mesh)
+    runs = _runs(cfg, tasks)
+    runs = sweep.shard_tasks(runs, mesh)
   index = sweep.run_index(methods, cfg.seeds)
-  print(f"[mnist] {n_pairs} pairs × {len(methods)} methods × {cfg.seeds} seeds = "
-        f"{n_pairs * len(index)} runs, D_in = {tasks.k_p.shape[-1]}, {len(devices)} device(s), "
-        f"source = {cfg.source}", flush=True)
+  if main_process:
+    print(f"[mnist] {n_pairs} pairs × {len(methods)} methods × {cfg.seeds} seeds = "
+          f"{n_pairs * len(index)} runs, D_in = {tasks.k_p.shape[-1]}, {len(devices)} "
+          f"device(s) in {jax.process_count()} process(es), source = {cfg.source}", flush=True)
 
   # Each method's runs step as their own block with their own static flags: no IMMA
   # attacker outside IMMA, no plain-gradient products for preconditioned methods.
@@ -193,23 +212,31 @@ def main(argv):
                                   precondition_baselines=cfg.precondition_baselines)
              for m in methods]
   task_batch = cfg.get("task_batch") or None   # pairs per device held in memory at once
+  if multi and task_batch is None:
+    # All of a device's pairs at once, as one shard_map: no step communicates across
+    # processes (the pairs are independent).
+    task_batch = tasks.k_p.shape[0] // len(devices)
+  log = metrics_log.MetricsLog(workdir, [m for m, _ in index], n_tasks=n_pairs,
+                               enabled=main_process)
   blocks = initial_blocks(cfg, runs, tasks)
   weights = sweep.split_by_method(runs.weights, methods, cfg.seeds)
 
   def chunk(blocks, start):
-    del start
     states, fallbacks, terms = [], [], []
-    resid = blocks["max_residual"]
+    resid = np.asarray(blocks["max_residual"])
     for st, w, fb, flags in zip(blocks["state"], weights, blocks["fallbacks"], statics):
       st, t, flagged = sweep.run_chunk_checked(
           st, tasks, w, steps=cfg.chunk_steps, loss="bce", task_batch=task_batch,
-          mesh=mesh if task_batch else None, **flags)
+          mesh=mesh if task_batch else None, all_steps=True, **flags)
+      t = common.to_host(t)   # every step's terms (T, R_m, steps), gathered from all processes
       states.append(st)
       fallbacks.append(np.asarray(fb) + flagged)
       terms.append(t)
-      resid = np.maximum(resid, np.asarray(t.eig_residual).max())
+      resid = np.maximum(resid, t.eig_residual.max())
     new = {"state": tuple(states), "fallbacks": tuple(fallbacks), "max_residual": resid}
-    return new, sweep.join_methods(terms)
+    terms = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *terms)
+    log.write(start, terms)   # before the checkpoint: a resume drops what follows it
+    return new, jax.tree.map(lambda a: a[..., -1], terms)
 
   def summarize(terms):
     sup = np.asarray(terms.supervised)[:n_pairs]
@@ -223,16 +250,22 @@ def main(argv):
   blocks, _ = training.run_chunked(
       chunk, blocks, total_steps=total, chunk_steps=cfg.chunk_steps,
       checkpointer=checkpoint.Checkpointer(workdir / "checkpoints"),
-      on_progress=common.ProgressPrinter("mnist", summarize), clock=clock)
+      on_progress=common.ProgressPrinter("mnist", summarize) if main_process else None,
+      clock=clock)
+  log.close()
   if total < cfg.steps:
-    print(f"stopped after {total} steps (--max_chunks); rerun to resume.")
+    if main_process:
+      print(f"stopped after {total} steps (--max_chunks); rerun to resume.")
     return
   state = sweep.join_methods(blocks["state"])
 
-  ev = jax.tree.map(lambda a: np.asarray(a)[:n_pairs],
-                    sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa))
+  ev = jax.tree.map(lambda a: a[:n_pairs], common.to_host(
+      sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa)))
+  if not main_process:
+    return   # process 0 alone writes the results
   results = {"methods": {}, "seeds": cfg.seeds, "source": cfg.source, "config": cfg.to_dict(),
              "kappa": cfg.kappa, "n_pairs": n_pairs, "devices": len(devices),
+             "processes": jax.process_count(),
              "layout": mnist_report.LAYOUT,
              "eig_solver": cfg.eig_solver if tasks.root_p is not None else "eigh",
              "eig_max_residual": float(blocks["max_residual"])}
@@ -254,7 +287,7 @@ def main(argv):
   print((workdir / "table.md").read_text())
   print(f"eigen-extremes: {results['eig_solver']}, {results['eig_fallback_chunks']} run-chunk(s) "
         f"recomputed exactly, largest residual {results['eig_max_residual']:.1e}")
-  print(f"wrote {workdir}/results.json, table.md, heatmap_*.png "
+  print(f"wrote {workdir}/results.json, table.md, heatmap_*.png, metrics.jsonl, tensorboard/ "
         f"({results['wall_time_s']:.1f} s)")
 
 

@@ -70,3 +70,50 @@ def test_eta_excludes_the_first_chunk_which_includes_compilation():
 def test_bad_step_counts_are_named(total, chunk, match):
   with pytest.raises(ValueError, match=match):
     training.run_chunked(_chunk, {"x": jnp.zeros(())}, total_steps=total, chunk_steps=chunk)
+
+
+def test_chunk_loop_with_checkpoints_traces_the_step_once(tmp_path, monkeypatch):
+  # The binaries' loop: run_chunk_checked(all_steps=True) chunks driven by run_chunked with
+  # an orbax checkpoint after each. The state a chunk returns (and the checkpoint save)
+  # must hit the compiled program of the first chunk: one trace of the step function.
+  import chex
+  import jax
+  import numpy as np
+  from immujax import immunize
+  from immujax import sweep
+  rng = np.random.default_rng(3)
+  tasks = jax.tree.map(lambda *a: jnp.stack(a), *[
+      immunize.make_task(rng.normal(size=(30, 6)), rng.normal(size=30),
+                         rng.normal(size=(30, 6)) * np.linspace(0.2, 2, 6), rng.normal(size=30))
+      for _ in range(2)])
+  runs = sweep.init_runs(jax.random.key(0), tasks, ("ours", "opt_kappa"), 2,
+                         learning_rate=0.005, step_scale=0.3, eig_solver="eigh")
+  chex.clear_trace_counter()   # (eigh: no warm basis, so no exact fallback re-traces)
+  # One training step's direction (traced inside run_steps' scan body).
+  monkeypatch.setattr(immunize, "direction", chex.assert_max_traces(immunize.direction, n=1))
+  jax.clear_caches()
+  seen = []
+
+  def chunk(state, start):
+    state, terms, fallback = sweep.run_chunk_checked(state, tasks, runs.weights, steps=3,
+                                                     all_steps=True)
+    chex.assert_shape(terms.supervised, (2, 4, 3))    # (T, R, steps): every step's terms
+    chex.assert_type(terms.log_kappa_h, jnp.float64)
+    seen.append(start)
+    return state, terms
+
+  state, _ = training.run_chunked(chunk, runs.state, total_steps=9, chunk_steps=3,
+                                  checkpointer=checkpoint.Checkpointer(tmp_path / "c"))
+  jax.clear_caches()
+  assert seen == [0, 3, 6]
+  chex.assert_tree_all_finite(state.params)
+
+
+def test_restore_refuses_other_shapes_with_a_clear_error(tmp_path):
+  # E.g. a run whose task axis was padded for 2 devices resumed with 3 devices in total.
+  ckpt = checkpoint.Checkpointer(tmp_path / "c")
+  ckpt.save(1, {"theta": jnp.zeros((4, 2))})
+  with pytest.raises(ValueError, match=r"shape \(4, 2\) where this run has \(6, 2\).*devices"):
+    ckpt.restore(1, like={"theta": jnp.zeros((6, 2))})
+  restored = ckpt.restore(1, like={"theta": jnp.ones((4, 2))})
+  assert float(jnp.abs(restored["theta"]).sum()) == 0.0
