@@ -89,12 +89,16 @@ def test_quick_recompute_writes_all_outputs(tmp_path, house_dir):
                                         "chunk_steps": 20})
   results = json.loads((tmp_path / "results.json").read_text())
   house = results["datasets"]["house"]
-  assert house["paper_rir_ours"] == 356.2 and np.shape(house["rir"]) == (1, 2)
+  # Two seeds of Ours, then the random-rotation control (RIR = 1 exactly).
+  assert house["paper_rir_ours"] == 356.2 and np.shape(house["rir"]) == (1, 3)
+  assert house["rir"][0][2] == 1.0
   rep = house["reports"][0]
   for side in ("D_H", "D_P"):
     for name in ("gd_constant", "cg", "closed_form"):
       assert set(rep["slowdown"][name][side]) == {"1e-02", "1e-04"}
-      assert set(rep["slowdown"][name][side]["1e-04"]) == {"ours/0", "ours/1"}
+      assert set(rep["slowdown"][name][side]["1e-04"]) == {"ours/0", "ours/1", "rotation/0"}
+      assert rep["slowdown"][name][side]["1e-04"]["rotation/0"]["value"] == pytest.approx(
+          1.0, abs=0.05)                   # rotation-invariant attackers ignore a rotation
   # Held out: the authors' validation rows 200–299, scored by R².
   curve = rep["test_accuracy"]["D_H"]["gd_constant"]
   assert curve["metric"] == "r2" and len(curve["identity"]) == len(curve["steps"])
