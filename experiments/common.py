@@ -566,12 +566,28 @@ def to_host(tree):
   return jax.tree.map(leaf, tree)
 
 
-def put_global(tree, mesh, axes=None):
-  """Places identical host copies of a batch on ``mesh``, split along axis 0.
+def local_rows(mesh, rows: int) -> tuple[int, int]:
+  """``[lo, hi)``: the rows of a ``rows``-long axis split over ``mesh`` held by this process.
 
-  Every process holds the same values (they computed them identically); each keeps only
-  the rows of its own devices. ``axes`` is a pytree prefix of ``tree`` of 0 (split) or
-  None (replicate), e.g. ``sweep.task_axes(tasks)``; default: split every leaf.
+  The rows of the process's devices must be contiguous (``jax.devices()`` lists devices
+  by process, so a mesh over it is); otherwise ``(0, rows)``.
+  """
+  devices = list(mesh.devices.flat)
+  per = rows // len(devices)
+  mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+  if not mine or mine != list(range(mine[0], mine[-1] + 1)) or rows % len(devices):
+    return 0, rows
+  return mine[0] * per, (mine[-1] + 1) * per
+
+
+def put_global(tree, mesh, axes=None, *, first_row: int = 0, rows: int | None = None):
+  """Places host copies of a batch on ``mesh``, split along axis 0.
+
+  By default every process holds the whole batch (the same values: they computed them
+  identically) and keeps only the rows of its own devices. With ``rows``, the host arrays
+  hold only rows ``first_row …`` of a ``rows``-long global axis, which must include this
+  process's rows (:func:`local_rows`). ``axes`` is a pytree prefix of ``tree`` of 0 (split)
+  or None (replicate), e.g. ``sweep.task_axes(tasks)``; default: split every leaf.
   """
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
   split = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
@@ -582,10 +598,22 @@ def put_global(tree, mesh, axes=None):
       return None
     host = np.asarray(a) if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else None
     if host is None:   # typed PRNG keys: move their raw data
-      data = put_global(jax.random.key_data(a), mesh, ax)
+      data = put_global(jax.random.key_data(a), mesh, ax, first_row=first_row, rows=rows)
       return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
-    sharding = whole if ax is None else split
-    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+    if ax is None:
+      return jax.make_array_from_callback(host.shape, whole, lambda idx: host[idx])
+    n = host.shape[0] if rows is None else rows
+    off = 0 if rows is None else first_row
+
+    def rows_of(idx):
+      first = idx[0]
+      start = (first.start or 0) - off
+      stop = (n if first.stop is None else first.stop) - off
+      if start < 0 or stop > host.shape[0]:
+        raise ValueError(f"put_global: rows {start + off}:{stop + off} are not on this host "
+                         f"(it holds {off}:{off + host.shape[0]}).")
+      return host[(slice(start, stop),) + tuple(idx[1:])]
+    return jax.make_array_from_callback((n,) + host.shape[1:], split, rows_of)
 
   if axes is None:
     return jax.tree.map(lambda a: leaf(a, 0), tree)

@@ -7,9 +7,9 @@ Writes ``results.json``, ``table.md`` and ``norm_ratio.png`` into ``--workdir``;
 after every chunk under ``--workdir/checkpoints`` and resumes from them when rerun. Per-step
 terms go to ``metrics.jsonl``, ``tensorboard/`` and ``metrics_runs/`` (experiments.metrics_log).
 
-There is one task, so the runs (methods × seeds) take the place of the task axis: the one
-task is repeated per run, and the runs are split over every device of every process
-(``--coordinator_address``, ``--num_processes``, ``--process_id``; README, "Scaling out").
+As several processes (``--coordinator_address``, ``--num_processes``, ``--process_id``;
+README, "Scaling out"): there is one task, so the runs (methods × seeds) take the place of
+the task axis, the one task repeated per run, split over every device of every process.
 """
 
 from __future__ import annotations
@@ -96,27 +96,30 @@ def main(argv):
                          clip_factor=cfg.clip_factor, imma_steps=cfg.imma_steps,
                          init=cfg.init, precondition_baselines=cfg.precondition_baselines)
   index = sweep.run_index(methods, cfg.seeds)
-  # The R runs become the batch axis, (1, R) -> (R, 1), each with its own copy of the one
-  # (small) task, padded to a multiple of the device count and split over all devices.
   n_runs, devices = len(index), jax.devices()
-  runs = sweep.pad_tasks(jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), runs), len(devices))
-  batch = runs.state.step.shape[0]
-  run_tasks = jax.tree.map(lambda a: jnp.repeat(a, batch, axis=0), tasks)
-  mesh = sweep.device_mesh(devices)
+  run_tasks, step_kwargs = tasks, {}
+  to_runs = lambda a: a[0]    # (T = 1, R, ...) -> (R, ...)
   if multi:
-    run_tasks, runs = common.put_global(run_tasks, mesh), common.put_global(runs, mesh)
-  else:
-    run_tasks, runs = sweep.shard_tasks(run_tasks, mesh), sweep.shard_tasks(runs, mesh)
+    # The R runs become the batch axis, (1, R) -> (R, 1), each with its own copy of the one
+    # (small) task, padded to a multiple of the device count and split over all devices.
+    # (One process keeps the (1, R) layout of its checkpoints, which other binaries read.)
+    runs = sweep.pad_tasks(jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), runs), len(devices))
+    batch = runs.state.step.shape[0]
+    mesh = sweep.device_mesh(devices)
+    run_tasks = common.put_global(jax.tree.map(lambda a: jnp.repeat(a, batch, axis=0), tasks),
+                                  mesh)
+    runs = common.put_global(runs, mesh)
+    step_kwargs = dict(task_batch=batch // len(devices), mesh=mesh)
+    to_runs = lambda a: a[:n_runs, 0]
   log = metrics_log.MetricsLog(workdir, [m for m, _ in index], n_tasks=1,
                                enabled=main_process)
 
   def chunk(state, start):
     state, terms, _ = sweep.run_chunk_checked(
         state, run_tasks, runs.weights, steps=cfg.chunk_steps, loss="mse",
-        imma_steps=cfg.imma_steps, all_steps=True, task_batch=batch // len(devices),
-        mesh=mesh)
-    # (batch, 1, steps) on all devices -> host (T = 1, R, steps), gathered by every process.
-    terms = jax.tree.map(lambda a: a[:n_runs, 0][None], common.to_host(terms))
+        imma_steps=cfg.imma_steps, all_steps=True, **step_kwargs)
+    # Every step's terms on the host as (T = 1, R, steps), gathered by every process.
+    terms = jax.tree.map(lambda a: to_runs(a)[None], common.to_host(terms))
     log.write(start, terms)   # before the checkpoint: a resume drops what follows it
     return state, jax.tree.map(lambda a: a[..., -1], terms)
 
@@ -142,7 +145,7 @@ def main(argv):
 
   ev, params = common.to_host((sweep.evaluate(state, run_tasks, kappa=cfg.kappa),
                                state.params))
-  ev, params = jax.tree.map(lambda a: a[:n_runs, 0], (ev, params))   # (R,) per run
+  ev, params = jax.tree.map(to_runs, (ev, params))   # (R, ...) per run
   if not main_process:
     return   # process 0 alone writes the results
   bound = metrics.rir_upper_bound(k_p=task.k_p, k_h=task.k_h)

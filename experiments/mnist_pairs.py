@@ -191,11 +191,13 @@ def main(argv):
   n_pairs = len(pairs)
   tasks = sweep.pad_tasks(tasks, len(devices))
   if multi:
-    # Every process built the same tasks and initial runs; each keeps its devices' rows of
-    # the global arrays (the task axis is split over all processes' devices).
-    runs = _runs(cfg, tasks)
+    # Every process built the same tasks and keeps its devices' rows of the global arrays
+    # (the task axis is split over all processes' devices); it initialises only its own
+    # pairs' runs (init_runs is per pair: the same values as for the whole batch).
+    lo, hi = common.local_rows(mesh, tasks.k_p.shape[0])
+    runs = _runs(cfg, sweep.slice_tasks(tasks, lo, hi))
+    runs = common.put_global(runs, mesh, first_row=lo, rows=tasks.k_p.shape[0])
     tasks = common.put_global(tasks, mesh, sweep.task_axes(tasks))
-    runs = common.put_global(runs, mesh)
   else:
     tasks = sweep.shard_tasks(tasks, mesh)
     runs = _runs(cfg, tasks)
