@@ -6,7 +6,10 @@ r"""All ordered MNIST digit pairs × methods × seeds as one sharded, vmapped jo
 
 Writes ``results.json``, ``table.md`` and ``heatmap_<method>.png`` into ``--workdir``;
 checkpoints after every chunk and resumes when rerun. The task axis (pairs) is sharded over
-every available device (``jax.sharding``), so the same command uses 8 GPUs or a TPU slice.
+every available device (``jax.sharding``), so the same command uses 8 GPUs or a TPU slice,
+and over the devices of several processes with ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` (README, "Scaling out"). Per-step terms go to
+``metrics.jsonl``, ``tensorboard/`` and ``metrics_runs/`` (``experiments/metrics_log.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import common
+from experiments import host
 from experiments import metrics_log
 from experiments import mnist_report
 from immujax import checkpoint
@@ -150,9 +154,12 @@ def main(argv):
   common.enable_float64()
   cfg = _CONFIG.value
   t0 = time.perf_counter()
+  layout = host.configure(_DEVICES.value)   # CPU devices: before JAX starts its backend
   common.init_distributed()   # several processes: before any JAX computation
   multi = jax.process_count() > 1
   main_process = common.is_main_process()
+  if main_process:
+    print(f"[mnist] {host.describe(layout, _DEVICES.value)}", flush=True)
   clock = training.WallClock(t0)   # the whole run's wall time, across resumes
   # Validate every flag and config field, and load the data, BEFORE touching the workdir.
   from experiments.configs import mnist_pairs as config_lib  # pylint: disable=g-import-not-at-top
@@ -193,7 +200,7 @@ def main(argv):
   if multi:
     # Every process built the same tasks and keeps its devices' rows of the global arrays
     # (the task axis is split over all processes' devices); it initialises only its own
-    # pairs' runs (init_runs is per pair: the same values as for the whole batch).
+    # pairs' runs (init_runs is per pair: the whole batch's values, up to round-off).
     lo, hi = common.local_rows(mesh, tasks.k_p.shape[0])
     runs = _runs(cfg, sweep.slice_tasks(tasks, lo, hi))
     runs = common.put_global(runs, mesh, first_row=lo, rows=tasks.k_p.shape[0])
