@@ -4,28 +4,35 @@ A training step needs, per Hessian ``S = BᵀB`` (``B = Rθ``, ``R`` a root of `
 ``σ_max`` with its vector (R_well, κ), the smallest NON-ZERO ``σ_min`` with its vector
 (R_ill, κ), ``‖S‖_F²`` and the rank. :func:`spectral.gram_extremes` reads them off a full
 ``eigh`` of the ``r × r`` Gram ``M = BBᵀ`` (same non-zero spectrum as ``S``); this module
-computes them from two Cholesky factorizations and a few block iterations instead:
+computes them from Cholesky factorizations and a few block iterations instead:
 
 * **bottom** — block inverse iteration ``Y ← M⁻¹Y`` (two triangular solves with the Cholesky
   factor of ``M``), with Rayleigh–Ritz in the inverse space (``YᵀM⁻¹Y = (L⁻¹Y)ᵀ(L⁻¹Y)``), so
   ``λ_min = 1/μ_max`` keeps the relative accuracy that a graded ``M`` allows (rows of ``R``
   are scaled by ``√γ_i``, which makes ``M`` graded downward; an absolute-accuracy Rayleigh
-  quotient ``wᵀMw`` would lose ``κ · eps`` relative).
-* **top** — block shift-and-invert iteration ``X ← (σI − M)⁻¹X`` with ``σ`` just above the
-  warm block's top Ritz value (``θ_1 + 2‖r_1‖``). R_well squeezes the top of the spectrum
-  together (measured: ``λ_2/λ_1 = 0.98`` after 30 MNIST steps), where power or Lanczos
-  iterations need hundreds of products; shift-and-invert converges at
-  ``(σ − λ_1)/(σ − λ_{b+1})`` per iteration. If ``σ`` falls below ``λ_1`` the Cholesky
-  factorization of ``σI − M`` fails, which is detected (``ok = False``), never hidden.
+  quotient ``wᵀMw`` would lose ``κ · eps`` relative). The vector is lifted to ``S``'s space
+  from ``M⁻¹y`` rather than ``y`` (``v ∝ BᵀM⁻¹y``), which damps exactly the components that
+  ``Bᵀ`` amplifies. When the residual stops falling fast (Opt κ lifts the bottom of H_P
+  into a cluster), the factor is recomputed with a shift just below ``λ_min``.
+* **top** — block shift-and-invert ``X ← (σI − M)⁻¹X`` with ``σ`` just above ``λ_max``:
+  ``σ = θ_1 + 2r²/(θ_1 − θ_2)`` from the current Ritz values (a Kato–Temple bound), the
+  factor recomputed when progress stalls (a block Rayleigh-quotient iteration). R_well
+  squeezes the top of the spectrum together (measured: ``λ_2/λ_1 = 0.98`` after 30 MNIST
+  steps), where power or Lanczos iterations need hundreds of products. If ``σ`` falls below
+  ``λ_max`` after all, ``σI − M`` is indefinite: the factorization is retried once with
+  ``σ = ‖M‖_F ≥ λ_max``, and a failure that remains is flagged (``ok = False``), never hidden.
 
 Both iterate in a ``lax.while_loop`` until a residual is below a tolerance (at most
 ``max_iters``), starting from the previous training step's blocks (:class:`Basis`), which
-the caller keeps in its state: 0–2 iterations per step in practice. Every call returns a
-:class:`Check` with the residuals ``‖Sv − λv‖/‖S‖`` of both pairs, measured on ``S = BᵀB``
-itself, and an ``ok`` flag that is False when a factorization failed, an iteration did not
-converge, or the rank would differ from ``B``'s non-zero rows (a rank drop); the caller then
-recomputes with :func:`exact` (``immujax.sweep`` does it between chunks, for flagged runs
-only, because under ``vmap`` a ``lax.cond`` would run both paths for every run).
+the caller keeps in its state: 2–4 iterations per end and step on the MNIST trajectories
+(the bottom is always iterated at least once). Every call returns a :class:`Check` with the
+residuals ``‖Sv − λv‖/‖S‖`` of both pairs, measured on ``S = BᵀB`` itself, and an ``ok``
+flag that is False when a factorization failed, an iteration did not converge, or the
+smallest eigenvalue is below the rank tolerance (a rank drop: the rank would differ from
+``B``'s non-zero rows); the caller then recomputes with :func:`exact` (``immujax.sweep``
+does it between chunks, for flagged runs only, because under ``vmap`` a ``lax.cond`` would
+run both paths for every run). Inside this module the ``lax.cond``s are real branches: they
+run per matrix inside the ``lax.map`` below, never under ``vmap``.
 
 Batched calls (``vmap``) run as a sequential ``lax.map`` of unbatched LAPACK calls: jaxlib
 0.10.x's batched CPU kernels for Cholesky, triangular solves and ``eigh`` deadlock when

@@ -1,0 +1,51 @@
+"""How a binary lays out the CPU before JAX starts: devices per process, chosen by measurement.
+
+XLA:CPU shows one device per process unless ``--xla_force_host_platform_device_count`` says
+otherwise. That one device already uses every core: XLA runs each large matmul on its
+intra-op thread pool (one thread per core). Measured on this project's 2-core machines
+(BUILD_NOTES.md, "Every core by default"): the main job took 48.6 s on one device and 52.3 s
+on two simulated devices; at paper scale (D_in = 784) a two-device run of the 4-method
+sweep was aborted by XLA:CPU's collective rendezvous timeout. So the default is ONE device
+per process, and :func:`configure` only changes it when the user asks: an ``XLA_FLAGS``
+device count in the environment always wins; otherwise ``--devices=N`` creates N CPU
+devices (no environment prefix needed). It must run before the first JAX computation
+(backends start lazily, and the binaries create no arrays at import). On GPU/TPU hosts the
+flag only concerns the CPU platform and is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count"
+
+
+def configure(devices: int | None = None) -> str:
+  """Sets this process's CPU device count if the user asked for one; no JAX call.
+
+  Args:
+    devices: the binary's ``--devices`` flag, or None (the default layout).
+
+  Returns:
+    Where the layout comes from, for :func:`describe`.
+  """
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  flags = os.environ.get("XLA_FLAGS", "")
+  if _FLAG in flags:
+    return "XLA_FLAGS"
+  if xla_bridge._backends:  # pylint: disable=protected-access
+    return "set before this call"
+  if devices is None or devices < 1:
+    return "default: one device, every core through XLA's intra-op threads"
+  os.environ["XLA_FLAGS"] = f"{flags} {_FLAG}={devices}".strip()
+  return "--devices"
+
+
+def describe(source: str, devices: int | None = None) -> str:
+  """One line for the start of a run: devices used, where that came from, cores, threads."""
+  import jax  # pylint: disable=g-import-not-at-top
+  n = jax.local_device_count()
+  use = n if not devices else min(devices, n)
+  return (f"{use} of {n} local {jax.devices()[0].platform.upper()} device(s) ({source}); "
+          f"{os.cpu_count()} core(s); OPENBLAS_NUM_THREADS="
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
