@@ -218,7 +218,8 @@ def main(argv):
   # Each method's runs step as their own block with their own static flags: no IMMA
   # attacker outside IMMA, no plain-gradient products for preconditioned methods.
   statics = [sweep.method_statics(m, imma_steps=cfg.imma_steps,
-                                  precondition_baselines=cfg.precondition_baselines)
+                                  precondition_baselines=cfg.precondition_baselines,
+                                  exact_methods=tuple(cfg.eig_exact_methods))
              for m in methods]
   task_batch = cfg.get("task_batch") or None   # pairs per device held in memory at once
   if multi and task_batch is None:

@@ -138,19 +138,29 @@ def join_methods(trees: Sequence) -> object:
   return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *trees)
 
 
-def method_statics(method: str, *, imma_steps: int,
-                   precondition_baselines: bool = False) -> dict:
+def method_statics(method: str, *, imma_steps: int, precondition_baselines: bool = False,
+                   exact_methods: Sequence[str] = ()) -> dict:
   """The static :func:`run_chunk` flags a batch of ``method`` runs alone can use.
 
+  Args:
+    method: one of ``immunize.METHODS``.
+    imma_steps: IMMA's inner attacker steps.
+    precondition_baselines: every method's spectral terms are preconditioned.
+    exact_methods: methods whose runs take the full-``eigh`` extremes even when they carry
+      a warm-start basis (a method whose checks fail on most chunks would otherwise pay for
+      both paths).
+
   Returns:
-    ``dict(imma_steps=..., preconditioned_only=...)``: IMMA's attacker only for IMMA runs;
-    no plain-gradient products for methods whose spectral terms are all preconditioned
-    (Ours, IMMA, or every method with ``precondition_baselines``).
+    ``dict(imma_steps=..., preconditioned_only=..., exact=...)``: IMMA's attacker only for
+    IMMA runs; no plain-gradient products for methods whose spectral terms are all
+    preconditioned (Ours, IMMA, or every method with ``precondition_baselines``).
   """
-  if method not in immunize.METHODS:
-    raise ValueError(f"unknown method {method!r}; choose from {immunize.METHODS}.")
+  for m in (method, *exact_methods):
+    if m not in immunize.METHODS:
+      raise ValueError(f"unknown method {m!r}; choose from {immunize.METHODS}.")
   return dict(imma_steps=imma_steps if method == "imma" else 0,
-              preconditioned_only=precondition_baselines or method in ("ours", "imma"))
+              preconditioned_only=precondition_baselines or method in ("ours", "imma"),
+              exact=method in exact_methods)
 
 
 def device_mesh(devices=None) -> Mesh:
@@ -275,7 +285,7 @@ def _exact_run(state, task, weights, *, steps, loss, imma_steps, rtol, precondit
 
 
 def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
-                      weights: immunize.Weights, **kwargs
+                      weights: immunize.Weights, *, bulk_fraction: float = 0.25, **kwargs
                       ) -> tuple[immunize.State, immunize.Terms, np.ndarray]:
   """:func:`run_chunk`, then an exact recompute of every run whose extremes failed a check.
 
@@ -288,6 +298,8 @@ def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
 
   Args:
     state, tasks, weights: as :func:`run_chunk`.
+    bulk_fraction: when more than this fraction of the runs was flagged, the whole batch is
+      recomputed as one vmapped exact chunk instead of run by run.
     **kwargs: :func:`run_chunk`'s keyword arguments.
 
   Returns:
@@ -305,6 +317,12 @@ def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
   ok = ok.all(axis=-1) if kwargs.get("all_steps") else ok
   if state.basis is None or kwargs.get("exact") or ok.all():
     return new, terms, np.zeros(ok.shape, bool)
+  if (~ok).sum() > bulk_fraction * ok.size:
+    # Many flagged runs: one vmapped exact chunk of the whole batch is cheaper than one
+    # compiled call per run. The unflagged runs then get the reference result too; eig_ok
+    # keeps the warm path's record.
+    new, exact_terms = run_chunk(state, tasks, weights, **{**kwargs, "exact": True})
+    return new, exact_terms._replace(eig_ok=terms.eig_ok), ~ok
   static = {k: kwargs.get(k, d) for k, d in (
       ("steps", None), ("loss", "mse"), ("imma_steps", 5), ("rtol", None),
       ("preconditioned_only", False), ("all_steps", False))}

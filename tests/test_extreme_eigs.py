@@ -170,7 +170,8 @@ def test_sweep_warm_matches_eigh_for_ours_and_counts_fallbacks():
   np.testing.assert_allclose(out["warm"][:, 4:], out["eigh"][:, 4:], rtol=1e-6)
 
 
-def test_fallback_recomputes_flagged_runs_exactly(monkeypatch):
+@pytest.mark.parametrize("bulk_fraction", [0.25, 1.0])   # whole batch at once / run by run
+def test_fallback_recomputes_flagged_runs_exactly(monkeypatch, bulk_fraction):
   # Force every warm check to fail (no residual is ever below tol = 0): the checked chunk
   # must then equal the exact path (to round-off: one run alone vs the vmapped program) and
   # flag every run.
@@ -181,7 +182,7 @@ def test_fallback_recomputes_flagged_runs_exactly(monkeypatch):
   monkeypatch.setattr(xe, "DEFAULT_TOL", 0.0)
   jax.clear_caches()   # the tolerance is read when the step is traced
   new, terms, fb = sweep.run_chunk_checked(runs.state, tasks, runs.weights, steps=3,
-                                           loss="bce")
+                                           loss="bce", bulk_fraction=bulk_fraction)
   jax.clear_caches()
   assert fb.all() and not np.asarray(terms.eig_ok).any()
   np.testing.assert_allclose(np.asarray(new.params.theta), np.asarray(ref.params.theta),

@@ -42,6 +42,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.roots = True             # eigendecompose rank×rank Grams instead of D×D (same spectra)
   c.eig_solver = "warm"      # "warm": Cholesky + warm-started block iterations, checked,
                              # with exact fallback (immujax/extreme_eigs.py); "eigh": full
+  # Methods that take the full-eigh extremes anyway: Opt κ's −log κ(H_H) term drives
+  # σ_min(H_H) below the rank tolerance, a rank drop the warm check flags; at paper scale
+  # 212 of its 270 run-chunks fell back (measured), paying for both paths.
+  c.eig_exact_methods = ("opt_kappa",)
   if variant in ("paper", "paper_ours"):
     c.source = "idx"
     c.pool = 1
@@ -102,6 +106,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   common.validate_choice(c.init, f + "init", ("orthogonal", "identity", "torch_default"))
   common.validate_choice(c.kappa, f + "kappa", ("pinv", "authors"))
   common.validate_choice(c.eig_solver, f + "eig_solver", ("warm", "eigh"))
+  if tuple(c.eig_exact_methods) not in ((), ("",)):   # () = every method takes the warm path
+    c.eig_exact_methods = common.validate_subset(c.eig_exact_methods,
+                                                 f + "eig_exact_methods", immunize.METHODS)
+  else:
+    c.eig_exact_methods = ()
   unknown = sorted(set(c.keys()) - set(get_config().keys()))
   if unknown:
     raise ValueError(f"the config has unknown fields {unknown}; remove them.")
