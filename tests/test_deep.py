@@ -111,7 +111,8 @@ def test_rir_theta0_is_the_mean_of_per_group_ratios():
   kp, kh = jax.random.split(key)
   ip = np.asarray(deep.group_indices(kp, n_groups=5, group_size=8, n=40))
   ih = np.asarray(deep.group_indices(kh, n_groups=5, group_size=8, n=40))
-  per = [metrics.rir_from_features(phi_p[a], phi_h[b], phi_p0[a], phi_h0[b])
+  per = [metrics.rir_from_features(phi_p=phi_p[a], phi_h=phi_h[b], phi_p_ref=phi_p0[a],
+                                   phi_h_ref=phi_h0[b])
          for a, b in zip(ip, ih)]
   expected = np.array([float(x.rir) for x in per])
   np.testing.assert_allclose(r.rir, expected, rtol=1e-12)

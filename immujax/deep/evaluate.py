@@ -69,8 +69,8 @@ def group_indices(key: Array, *, n_groups: int, group_size: int, n: int) -> Arra
 @functools.partial(jax.jit, static_argnames=("kappa",))
 def _rir_groups(phi_p, phi_h, phi_p0, phi_h0, idx_p, idx_h, kappa):
   def one(ip, ih):
-    r = metrics_lib.rir_from_features(phi_p[ip], phi_h[ih], phi_p0[ip], phi_h0[ih],
-                                      kappa=kappa)
+    r = metrics_lib.rir_from_features(phi_p=phi_p[ip], phi_h=phi_h[ih], phi_p_ref=phi_p0[ip],
+                                      phi_h_ref=phi_h0[ih], kappa=kappa)
     return r.ratio_h, r.ratio_p, r.rir
   return jax.vmap(one)(idx_p, idx_h)
 
