@@ -242,11 +242,7 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
     s, terms = immunize.run_steps(s, task, w, steps=steps, loss=loss,
                                   imma_steps=imma_steps, rtol=rtol,
                                   preconditioned_only=preconditioned_only, exact=exact)
-    if all_steps:
-      return s, terms
-    last = jax.tree.map(lambda a: a[-1], terms)
-    return s, last._replace(eig_ok=jnp.all(terms.eig_ok),
-                            eig_residual=jnp.max(terms.eig_residual))
+    return s, terms if all_steps else _chunk_summary(terms)
   per_task = jax.vmap(per_run, in_axes=(0, None, 0))
   axes = task_axes(tasks)
   if task_batch is None:
@@ -277,11 +273,13 @@ def _exact_run(state, task, weights, *, steps, loss, imma_steps, rtol, precondit
   new, terms = immunize.run_steps(state, task, weights, steps=steps, loss=loss,
                                   imma_steps=imma_steps, rtol=rtol,
                                   preconditioned_only=preconditioned_only, exact=True)
-  if all_steps:
-    return new, terms
+  return new, terms if all_steps else _chunk_summary(terms)
+
+
+def _chunk_summary(terms: immunize.Terms) -> immunize.Terms:
+  """The last step's terms, with the eigen checks summarized over the whole chunk."""
   last = jax.tree.map(lambda a: a[-1], terms)
-  return new, last._replace(eig_ok=jnp.all(terms.eig_ok),
-                            eig_residual=jnp.max(terms.eig_residual))
+  return last._replace(eig_ok=jnp.all(terms.eig_ok), eig_residual=jnp.max(terms.eig_residual))
 
 
 def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
