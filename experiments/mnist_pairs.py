@@ -117,7 +117,8 @@ def _runs(cfg, tasks):
                          imma_steps=cfg.imma_steps if "imma" in cfg.methods else 0,
                          init=cfg.init, precondition_baselines=cfg.precondition_baselines,
                          adaptive=cfg.adaptive, harmful_scale=cfg.get("harmful_scale", 1.0),
-                         eig_solver=cfg.get("eig_solver", "warm"))
+                         eig_solver=cfg.get("eig_solver", "warm"),
+                         task_batch=cfg.get("task_batch") or None)
 
 
 def restore_runs(workdir):

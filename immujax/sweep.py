@@ -55,7 +55,8 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
               learning_rate: float, step_scale: float, clip_factor: float = 1.0,
               imma_steps: int = 5, init: str = "orthogonal",
               precondition_baselines: bool = False, adaptive: bool = False,
-              harmful_scale: float = 1.0, eig_solver: str = "warm") -> Runs:
+              harmful_scale: float = 1.0, eig_solver: str = "warm",
+              task_batch: int | None = None) -> Runs:
   """Initial states and balanced weights for every (task, method, seed).
 
   Seed ``s`` uses the same θ0 for every task and method (common random numbers), so methods
@@ -79,6 +80,9 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     eig_solver: ``"warm"`` runs the steps with warm-started extremes
       (``immujax.extreme_eigs``; tasks with roots only, else ``"eigh"`` is used), ``"eigh"``
       with a full eigendecomposition per Hessian and step (the reference path).
+    task_batch: set up this many tasks at a time (``lax.map``) instead of all at once:
+      balancing holds a dozen ``D × D`` temporaries per run (270 runs at D = 784 ran out of
+      24 GB).
 
   Returns:
     :class:`Runs` with leading axes ``(T, R)``.
@@ -117,7 +121,20 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     flat = lambda a: jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:])
     return jax.tree.map(flat, states), jax.tree.map(flat, ws)
 
-  states, ws = jax.jit(jax.vmap(one_task, in_axes=(task_axes(tasks),)))(tasks)
+  axes = task_axes(tasks)
+  if not task_batch:
+    states, ws = jax.jit(jax.vmap(one_task, in_axes=(axes,)))(tasks)
+    return Runs(states, ws)
+  # Memory-bounded: task_batch tasks at a time (lax.map maps every leaf over its leading
+  # axis, so a shared pool goes in by closure, as in run_chunk).
+  pool = tasks.x_p if axes.x_p is None else None
+  batched = tasks._replace(x_p=None) if pool is not None else tasks
+
+  @jax.jit
+  def mapped(batched, pool):
+    return jax.lax.map(lambda t: one_task(t if pool is None else t._replace(x_p=pool)),
+                       batched, batch_size=task_batch)
+  states, ws = mapped(batched, pool)
   return Runs(states, ws)
 
 
