@@ -35,7 +35,9 @@ def configure(devices: int | None = None) -> str:
     return "XLA_FLAGS"
   if xla_bridge._backends:  # pylint: disable=protected-access
     return "set before this call"
-  if devices is None or devices < 1:
+  if devices is None or devices < 1 or devices > (os.cpu_count() or 1):
+    # More simulated devices than cores only oversubscribe them: leave the count alone, and
+    # the binary's own check reports the flag.
     return "default: one device, every core through XLA's intra-op threads"
   os.environ["XLA_FLAGS"] = f"{flags} {_FLAG}={devices}".strip()
   return "--devices"
