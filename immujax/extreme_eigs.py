@@ -285,7 +285,9 @@ def warm(b: Array, basis: Basis, *, rtol: float | None = None, tol: float | None
   return _warm_fn(rtol, tol, tol_bottom, max_iters)(b, basis.bottom, basis.top)
 
 
-def _make_warm(rtol, tol, tol_bottom, max_iters):
+@functools.lru_cache(maxsize=None)
+def _warm_fn(rtol, tol, tol_bottom, max_iters):
+  """The solver for these static settings, with its sequential batching rule (cached)."""
   @jax.custom_batching.custom_vmap
   def f(b, bottom, top):
     return _warm_one(b, bottom, top, rtol=rtol, tol=tol, tol_bottom=tol_bottom,
@@ -300,11 +302,6 @@ def _make_warm(rtol, tol, tol_bottom, max_iters):
     return out, jax.tree.map(lambda _: True, out)
 
   return f
-
-
-@functools.lru_cache(maxsize=None)
-def _warm_fn(rtol, tol, tol_bottom, max_iters):
-  return _make_warm(rtol, tol, tol_bottom, max_iters)
 
 
 def exact(b: Array, *, block: int = DEFAULT_BLOCK,
