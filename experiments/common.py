@@ -234,6 +234,19 @@ def validate_subset(values, name: str, choices: Sequence[str]) -> tuple:
   return values
 
 
+def validate_run_fields(c, prefix: str = "--config.") -> None:
+  """The run fields every linear binary's config shares: clip_factor, imma_steps, init.
+
+  ``imma_steps`` must be positive when ``c.methods`` includes IMMA, else non-negative.
+  """
+  validate_positive_float(c.clip_factor, f"{prefix}clip_factor")
+  if "imma" in tuple(c.methods):
+    validate_positive_int(c.imma_steps, f"{prefix}imma_steps")
+  else:
+    validate_nonnegative_int(c.imma_steps, f"{prefix}imma_steps")
+  validate_choice(c.init, f"{prefix}init", ("orthogonal", "identity", "torch_default"))
+
+
 def validate_steps(steps, chunk_steps, prefix: str = "--config.") -> None:
   """``steps`` and ``chunk_steps`` positive ints, ``steps`` a multiple of ``chunk_steps``."""
   validate_positive_int(steps, f"{prefix}steps")

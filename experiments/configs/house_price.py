@@ -53,12 +53,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   common.validate_positive_float(c.learning_rate, f + "learning_rate")
   common.validate_steps(c.steps, c.chunk_steps, f)
   common.validate_positive_float(c.step_scale, f + "step_scale")
-  common.validate_positive_float(c.clip_factor, f + "clip_factor")
-  if "imma" in tuple(c.methods):
-    common.validate_positive_int(c.imma_steps, f + "imma_steps")
-  else:
-    common.validate_nonnegative_int(c.imma_steps, f + "imma_steps")
-  common.validate_choice(c.init, f + "init", ("orthogonal", "identity", "torch_default"))
+  common.validate_run_fields(c, f)
   common.validate_choice(c.precondition_baselines, f + "precondition_baselines", (True, False))
   common.validate_positive_int(c.attack_steps, f + "attack_steps")
   common.validate_choice(c.kappa, f + "kappa", ("pinv", "authors"))

@@ -98,12 +98,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   common.validate_positive_float(c.harmful_scale, f + "harmful_scale")
   for name in ("adaptive", "precondition_baselines", "roots"):
     common.validate_choice(c[name], f + name, (True, False))
-  common.validate_positive_float(c.clip_factor, f + "clip_factor")
-  if "imma" in tuple(c.methods):
-    common.validate_positive_int(c.imma_steps, f + "imma_steps")
-  else:
-    common.validate_nonnegative_int(c.imma_steps, f + "imma_steps")
-  common.validate_choice(c.init, f + "init", ("orthogonal", "identity", "torch_default"))
+  common.validate_run_fields(c, f)
   common.validate_choice(c.kappa, f + "kappa", ("pinv", "authors"))
   common.validate_choice(c.eig_solver, f + "eig_solver", ("warm", "eigh"))
   if tuple(c.eig_exact_methods) not in ((), ("",)):   # () = every method takes the warm path
