@@ -40,7 +40,6 @@ extensions = [
 ]
 
 master_doc = "index"
-templates_path = ["_templates"]
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
 
@@ -72,7 +71,6 @@ nb_render_markdown_format = "myst"   # markdown outputs with tables
 # -- HTML ------------------------------------------------------------------------------
 html_theme = "sphinx_book_theme"
 html_title = f"immujax {immujax.__version__}"
-html_static_path = ["_static"]
 html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
