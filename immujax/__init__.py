@@ -35,4 +35,33 @@ from immujax.spectral import log_condition_number_authors
 from immujax.spectral import numerical_rank
 from immujax.spectral import sigma_max_min
 
-__version__ = "0.1.0"
+__all__ = [
+    "accuracy",
+    "allow_float32",
+    "condition_number",
+    "condition_number_authors",
+    "covariance",
+    "extremes",
+    "hessian",
+    "log_condition_number",
+    "log_condition_number_authors",
+    "numerical_rank",
+    "preconditioned_direction",
+    "r_ill",
+    "r_ill_autodiff",
+    "r_ill_value_and_grad",
+    "r_well",
+    "r_well_autodiff",
+    "r_well_value_and_grad",
+    "relative_immunization_ratio",
+    "RIR",
+    "rir_from_features",
+    "rir_from_hessians",
+    "rir_upper_bound",
+    "RIRBound",
+    "sigma_max_min",
+    "theta_gradient",
+    "whitening_extractor",
+]
+
+__version__ = "0.2.0"
