@@ -8,6 +8,9 @@ Number Perspective", ICML 2025. Enable float64 before use::
 """
 
 from immujax import extreme_eigs
+from immujax.baselines import inverse_log_condition_number
+from immujax.baselines import inverse_log_log_condition_number
+from immujax.baselines import log_log_condition_number
 from immujax.metrics import RIR
 from immujax.metrics import RIRBound
 from immujax.metrics import accuracy
@@ -43,8 +46,11 @@ __all__ = [
     "covariance",
     "extremes",
     "hessian",
+    "inverse_log_condition_number",
+    "inverse_log_log_condition_number",
     "log_condition_number",
     "log_condition_number_authors",
+    "log_log_condition_number",
     "numerical_rank",
     "preconditioned_direction",
     "r_ill",

@@ -10,11 +10,12 @@ The preconditioned directions are evaluated in closed form, ``K⁻¹∇_θR(θ�
 (Thm 4.2) — no inverse, and defined for singular K. The supervised gradient is not
 preconditioned. Gradient descent is ``optax.sgd`` (any optax optimizer may be passed).
 
-All four methods are points of one weight space (:class:`Weights`): every step computes the
-two probe Hessians and ONE eigendecomposition of each, from which R_well, R_ill, log κ and
-their gradients are read off; IMMA's unrolled attacker costs O(D²) per inner step. A method is
-therefore just an array of weights, and seeds × tasks × methods batch with ``jax.vmap`` into
-one compiled program without ``lax.switch`` (which under vmap would run every branch).
+All methods (:data:`METHODS`) are points of one weight space (:class:`Weights`): every step
+computes the two probe Hessians and ONE eigendecomposition of each, from which R_well, R_ill,
+log κ (and every Opt κ form, a scalar factor on ∇log κ) and their gradients are read off;
+IMMA's attacker steps cost O(D²) each. A method is therefore just an array of weights, and
+seeds × tasks × methods batch with ``jax.vmap`` into one compiled program without
+``lax.switch`` (which under vmap would run every branch).
 
 ``x`` conventions: θ is ``(D_in, D_hid)``, features ``X @ θ``, ω is ``(D_hid,)``.
 """
@@ -35,7 +36,15 @@ from immujax import spectral
 
 Array = jax.Array
 
-METHODS = ("ours", "r_ill_only", "opt_kappa", "imma")
+METHODS = ("ours", "r_ill_only", "opt_kappa", "opt_kappa_log", "opt_kappa_loglog", "imma",
+           "imma_unrolled")
+"""Every method name (``immujax.baselines`` defines the baselines). The study's defaults are
+``ours, r_ill_only, opt_kappa, imma``; ``opt_kappa_log``, ``opt_kappa_loglog`` and
+``imma_unrolled`` are variants for comparison."""
+
+IMMA_INNER_STEPS = 1
+"""Attacker steps on IMMA's harmful head per outer step: IMMA's own default
+(``--inner_loop_steps=1 --outer_loop_steps=1``) and the authors' intended ``% 2`` alternation."""
 
 
 class Task(NamedTuple):
@@ -47,7 +56,7 @@ class Task(NamedTuple):
     y_p: its targets, ``(N_P,)`` (regression values or {0, 1} labels).
     k_p: covariance of D_P used by R_well and κ(H_P), ``(D_in, D_in)``.
     k_h: covariance of D_H used by R_ill and κ(H_H), ``(D_in, D_in)``.
-    q_h: ``XᵀX`` of the harmful *supervised* task (IMMA's inner attacker), ``(D_in, D_in)``.
+    q_h: ``XᵀX`` of the harmful *supervised* task (IMMA's attacker), ``(D_in, D_in)``.
     b_h: ``Xᵀy`` of the harmful task, ``(D_in,)``.
     c_h: ``yᵀy`` of the harmful task, scalar.
     n_h: number of harmful examples, scalar.
@@ -117,9 +126,14 @@ class Weights(NamedTuple):
     supervised: weight of the D_P loss L(D_P, ω, θ).
     r_well: λ_P, weight of R_well(H_P) (direction preconditioned by K_P⁻¹).
     r_ill: λ_H, weight of R_ill(H_H) (preconditioned by K_H⁻¹).
-    log_kappa_p: Opt κ's weight on +log κ(H_P) (preconditioned by K_P⁻¹).
-    log_kappa_h: Opt κ's weight on −log κ(H_H) (preconditioned by K_H⁻¹).
-    imma: IMMA's weight on −L_H(θ, w_T(θ)).
+    log_kappa_p: weight on +log κ(H_P) (``opt_kappa``, ``opt_kappa_log``).
+    log_kappa_h: weight on −log κ(H_H) (``opt_kappa_log``).
+    inv_log_kappa_h: weight on +1/log κ(H_H) (``opt_kappa``, the authors' ``ImmuLoss``).
+    log_log_kappa_p: weight on +log(log κ(H_P)) (``opt_kappa_loglog``).
+    inv_log_log_kappa_h: weight on +1/log(log κ(H_H)) (``opt_kappa_loglog``).
+    imma: weight on −L_H(θ, w) with ``w`` the warm-started harmful head (``imma``); a
+      non-zero weight also switches the run's inner attacker steps on.
+    imma_unrolled: weight on −L_H(θ, w_T(θ)), ``T`` unrolled attacker steps from 0.
     precondition: 1 applies Alg. 1's K⁻¹ preconditioner to the spectral terms (Ours), 0
       uses their plain gradient ``2Kθ∇_S`` (the baselines, "via gradient descent").
     adaptive: 1 re-balances the two regularizers at every step instead of once at θ0:
@@ -132,37 +146,50 @@ class Weights(NamedTuple):
   r_ill: Array
   log_kappa_p: Array
   log_kappa_h: Array
+  inv_log_kappa_h: Array
+  log_log_kappa_p: Array
+  inv_log_log_kappa_h: Array
   imma: Array
+  imma_unrolled: Array
   precondition: Array
   adaptive: Array
 
 
-def method_weights(method: str, *, r_well: float = 0.0, r_ill: float = 0.0,
-                   log_kappa_p: float = 0.0, log_kappa_h: float = 0.0,
-                   imma: float = 0.0, supervised: float = 1.0,
-                   precondition: bool | None = None, adaptive: bool = False) -> Weights:
+_USES = {
+    "ours": ("r_well", "r_ill"),
+    "r_ill_only": ("r_ill",),
+    "opt_kappa": ("log_kappa_p", "inv_log_kappa_h"),
+    "opt_kappa_log": ("log_kappa_p", "log_kappa_h"),
+    "opt_kappa_loglog": ("log_log_kappa_p", "inv_log_log_kappa_h"),
+    "imma": ("imma",),
+    "imma_unrolled": ("imma_unrolled",),
+}
+_TERMS = ("r_well", "r_ill", "log_kappa_p", "log_kappa_h", "inv_log_kappa_h",
+          "log_log_kappa_p", "inv_log_log_kappa_h", "imma", "imma_unrolled")
+
+
+def method_weights(method: str, *, supervised: float = 1.0, precondition: bool | None = None,
+                   adaptive: bool = False, **terms: float) -> Weights:
   """The weights of a named method; terms the method does not use are zeroed.
 
   Args:
     method: one of ``METHODS``.
-    r_well, r_ill, log_kappa_p, log_kappa_h, imma, supervised: weights of each term.
+    supervised: weight of the D_P loss.
+    **terms: weights of the objective terms, by :class:`Weights` field name (``r_well``,
+      ``r_ill``, ``log_kappa_p``, ``log_kappa_h``, ``inv_log_kappa_h``, ``log_log_kappa_p``,
+      ``inv_log_log_kappa_h``, ``imma``, ``imma_unrolled``); unused ones are ignored.
     precondition: K⁻¹-precondition the spectral terms; default True for ``"ours"``
       (Alg. 1) and False for the baselines (plain gradient descent).
 
   Returns:
     :class:`Weights` with the method's terms only.
   """
-  uses = {
-      "ours": ("r_well", "r_ill"),
-      "r_ill_only": ("r_ill",),
-      "opt_kappa": ("log_kappa_p", "log_kappa_h"),
-      "imma": ("imma",),
-  }
-  if method not in uses:
+  if method not in _USES:
     raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
-  given = dict(r_well=r_well, r_ill=r_ill, log_kappa_p=log_kappa_p,
-               log_kappa_h=log_kappa_h, imma=imma)
-  vals = {k: (v if k in uses[method] else 0.0) for k, v in given.items()}
+  unknown = sorted(set(terms) - set(_TERMS))
+  if unknown:
+    raise ValueError(f"unknown term weight(s) {unknown}; the terms are {_TERMS}.")
+  vals = {k: (terms.get(k, 0.0) if k in _USES[method] else 0.0) for k in _TERMS}
   if precondition is None:
     precondition = method == "ours"
   return Weights(supervised=jnp.asarray(supervised, float),
@@ -212,6 +239,10 @@ class Terms(NamedTuple):
   ``eig_residual`` is the largest ``‖Sv − λv‖/‖S‖`` of the four extreme pairs the step used
   (both ends of H_P and H_H), and ``eig_ok`` says whether the warm-started extremes
   (:mod:`immujax.extreme_eigs`) passed their checks; both are 0 / True on the exact path.
+  ``log_kappa_p``/``log_kappa_h`` are log κ of the two Hessians whatever form of it a method
+  optimises. ``imma`` is the harmful loss an IMMA run maximises: ``L_H(θ, w)`` at the
+  adapted head (``imma``), or after the unrolled attacker (runs with an ``imma_unrolled``
+  weight); 0 when neither is computed.
   """
   supervised: Array
   r_well: Array
@@ -231,20 +262,24 @@ class Params(NamedTuple):
 def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse",
               imma_steps: int = 5, rtol: float | None = None,
               preconditioned_only: bool = False, basis: extreme_eigs.Basis | None = None,
-              exact: bool = False) -> tuple[Params, Terms, extreme_eigs.Basis | None]:
+              exact: bool = False, harmful_head: Array | None = None
+              ) -> tuple[Params, Terms, extreme_eigs.Basis | None]:
   """The update direction of Alg. 1 (and the baselines) at ``params``.
 
-  Returns ``(d, terms)`` where ``d`` is what gradient descent subtracts (times η):
-  ``d_ω = ∇_ω L`` and
-  ``d_θ = ∇_θ L + 2θ(λ_P∇R_well(H_P) + λ_κP∇log κ(H_P) + λ_H∇R_ill(H_H) − λ_κH∇log κ(H_H))
-  − λ_imma ∇_θ L_H(θ, w_T(θ))``.
+  Returns ``(d, terms, basis)`` where ``d`` is what gradient descent subtracts (times η):
+  ``d_ω = ∇_ω L`` and ``d_θ = ∇_θ L + 2M_P G_P + 2M_H G_H − λ_imma ∇_θ L_H(θ, w)
+  − λ_unrolled ∇_θ L_H(θ, w_T(θ))``, with ``M = θ`` (K⁻¹-preconditioned) or ``Kθ`` (plain)
+  and the S-gradients
+  ``G_P = λ_P∇R_well(H_P) + (λ_κP + λ_llP/log κ_P)·∇log κ(H_P)``,
+  ``G_H = λ_H∇R_ill(H_H) − (λ_κH + λ_ilH/log² κ_H + λ_illH/(log κ_H log²log κ_H))·∇log κ(H_H)``
+  — every Opt κ form is a scalar factor on ∇log κ (:mod:`immujax.baselines`).
 
   Args:
     params: current ``Params(theta, omega)``.
     task: the :class:`Task`.
     weights: the method's :class:`Weights`.
     loss: supervised loss name, ``"mse"`` or ``"bce"`` (static).
-    imma_steps: IMMA's inner attacker steps (static).
+    imma_steps: the unrolled IMMA's attacker steps (static; 0 skips ``imma_unrolled``'s term).
     rtol: relative "non-zero" tolerance for rank and σ_min (static).
     preconditioned_only: static promise that every spectral term is preconditioned
       (``weights.precondition == 1``, e.g. a batch of Ours runs only): the plain-gradient
@@ -254,6 +289,8 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
       :func:`extreme_eigs.warm` instead of a full ``eigh``; ``None`` uses ``eigh``.
     exact: with ``basis``, compute the extremes with ``eigh`` anyway (static) and return
       the basis for the next step — the fallback for runs whose warm check failed.
+    harmful_head: IMMA's adapted harmful head ``w`` ``(D_hid,)``; given, the term
+      ``−λ_imma ∇_θ L_H(θ, w)`` (``w`` held fixed) is added. ``None`` skips it.
 
   Returns:
     ``(Params of directions, Terms of values, next basis or None)``.
@@ -277,8 +314,14 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
   ratio = n_well * inv_s1 / jnp.where(n_ill > 0, n_ill, 1.0)
   lam_well = weights.r_well * (ada * inv_s1 + (1.0 - ada))
   lam_ill = weights.r_ill * (ada * ratio + (1.0 - ada))
-  g_p = lam_well * well.grad + weights.log_kappa_p * lk_p.grad
-  g_h = lam_ill * ill.grad - weights.log_kappa_h * lk_h.grad
+  # Opt κ, all forms: d/dS φ(log κ) = φ'(log κ)·∇log κ, so each is a scalar on ∇log κ.
+  c_p = (weights.log_kappa_p
+         + weights.log_log_kappa_p * baselines.log_log_form(lk_p.value).slope)
+  c_h = (-weights.log_kappa_h
+         + weights.inv_log_kappa_h * baselines.inverse_log_form(lk_h.value).slope
+         + weights.inv_log_log_kappa_h * baselines.inverse_log_log_form(lk_h.value).slope)
+  g_p = lam_well * well.grad + c_p * lk_p.grad
+  g_h = lam_ill * ill.grad + c_h * lk_h.grad
   if preconditioned_only:
     d_spectral = theta @ (g_p + g_h)
   else:
@@ -287,12 +330,17 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
     m_h = pre * theta + (1.0 - pre) * kh_theta
     d_spectral = m_p @ g_p + m_h @ g_h
   d_theta = weights.supervised * g_theta + 2.0 * d_spectral
-  if imma_steps > 0:  # static: batches without IMMA skip its unrolled attacker entirely
-    imma_loss, g_imma = jax.value_and_grad(baselines.imma_harmful_loss)(
-        theta, task.q_h, task.b_h, task.c_h, task.n_h, steps=imma_steps)
+  imma_loss = jnp.zeros_like(sup)
+  if harmful_head is not None:  # static: IMMA's outer step at the adapted head, w fixed
+    imma_loss, g_imma = jax.value_and_grad(baselines.harmful_loss)(
+        theta, jax.lax.stop_gradient(harmful_head), task.q_h, task.b_h, task.c_h, task.n_h)
     d_theta = d_theta - weights.imma * g_imma
-  else:
-    imma_loss = jnp.zeros_like(sup)
+  if imma_steps > 0:  # static: batches without imma_unrolled skip its unrolled attacker
+    unrolled_loss, g_unrolled = jax.value_and_grad(baselines.imma_harmful_loss)(
+        theta, task.q_h, task.b_h, task.c_h, task.n_h, steps=imma_steps)
+    d_theta = d_theta - weights.imma_unrolled * g_unrolled
+    imma_loss = (unrolled_loss if harmful_head is None
+                 else jnp.where(weights.imma_unrolled != 0, unrolled_loss, imma_loss))
   d_omega = weights.supervised * g_omega
   terms = Terms(sup, well.value, ill.value, lk_p.value, lk_h.value, imma_loss,
                 jnp.max(jnp.maximum(check.residual_max, check.residual_min)),
@@ -371,11 +419,16 @@ class State(NamedTuple):
   ``basis`` holds the warm-start blocks of the extreme eigenvectors of both probe Hessians
   (:func:`initial_basis`); it is part of the state so that it is checkpointed and a resumed
   run stays bit-identical. ``None`` runs every step with a full ``eigh``.
+
+  ``harmful_head`` is IMMA's harmful probe ``w`` ``(D_hid,)``, adapted by the attacker's
+  steps and warm-started from one outer step to the next (and across chunks and resumes, so
+  it is checkpointed too). It stays zero for every other method (:func:`init_state`).
   """
   params: Params
   opt_state: optax.OptState
   step: Array
   basis: extreme_eigs.Basis | None = None
+  harmful_head: Array | None = None
 
 
 def _clipped_sgd(learning_rate, max_norm):
@@ -430,10 +483,12 @@ def init_state(params: Params, learning_rate, max_norm=jnp.inf,
                basis: extreme_eigs.Basis | None = None) -> State:
   """Wraps initial params with the optimizer state; hyperparameters may be arrays.
 
-  Pass ``basis`` (:func:`initial_basis`) to run the steps with warm-started extremes.
+  Pass ``basis`` (:func:`initial_basis`) to run the steps with warm-started extremes. The
+  harmful head (IMMA) starts at zero, shape ``(D_hid,)``.
   """
   tx = optimizer(learning_rate, max_norm)
-  return State(params, tx.init(params), jnp.zeros((), jnp.int32), basis)
+  return State(params, tx.init(params), jnp.zeros((), jnp.int32), basis,
+               jnp.zeros_like(params.omega))
 
 
 def direction_norm(params: Params, task: Task, weights: Weights, **kwargs) -> Array:
@@ -442,10 +497,33 @@ def direction_norm(params: Params, task: Task, weights: Weights, **kwargs) -> Ar
   return optax.global_norm(d)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol", "optimizer",
-                                             "preconditioned_only", "exact"))
+def adapt_harmful_head(theta: Array, head: Array, task: Task, weights: Weights, *,
+                       steps: int) -> Array:
+  """IMMA's inner steps: the attacker adapts the harmful head at fixed θ (warm start).
+
+  Only runs with an ``imma`` weight move their head; every other run keeps it (at zero),
+  without a branch (``jnp.where``), so all methods still batch together.
+
+  Args:
+    theta: extractor ``(D_in, D_hid)``.
+    head: the head carried over from the previous step ``(D_hid,)``.
+    task: the :class:`Task` (harmful statistics ``q_h``, ``b_h``).
+    weights: the run's :class:`Weights`.
+    steps: attacker steps (static; :data:`IMMA_INNER_STEPS` by default in the drivers).
+
+  Returns:
+    The next head ``(D_hid,)``.
+  """
+  new = baselines.imma_inner(theta, head, task.q_h, task.b_h, steps=steps)
+  return jnp.where(weights.imma != 0, new, head)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "imma_inner_steps",
+                                             "rtol", "optimizer", "preconditioned_only",
+                                             "exact"))
 def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: str = "mse",
-              imma_steps: int = 5, rtol: float | None = None,
+              imma_steps: int = 5, imma_inner_steps: int = IMMA_INNER_STEPS,
+              rtol: float | None = None,
               optimizer: Callable[..., optax.GradientTransformation] = sgd,
               preconditioned_only: bool = False, exact: bool = False) -> tuple[State, Terms]:
   """Runs ``steps`` iterations of Alg. 1 with ``lax.scan`` (one compiled chunk).
@@ -455,25 +533,39 @@ def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: s
   ``state.basis`` the extremes are warm-started (``exact=True`` forces ``eigh`` while still
   carrying the basis: the fallback path).
 
+  Each step of an IMMA run first adapts its harmful head (``imma_inner_steps`` attacker
+  steps from the previous head, :func:`adapt_harmful_head`), then takes the outer step at
+  ``(θ_t, w_{t+1})``; ``imma_inner_steps = 0`` (static) skips both for batches without IMMA.
+  ``imma_steps`` is the unrolled variant's attacker length (0 skips it).
+
   Returns:
     ``(final state, Terms stacked over steps)``.
   """
   tx = optimizer(0.0, 0.0)  # hyperparameters are read from the injected state, not here
+  if imma_inner_steps > 0 and state.harmful_head is None:
+    raise ValueError("IMMA's inner steps need `state.harmful_head`; build the state with "
+                     "`init_state` or pass imma_inner_steps=0.")
 
   def body(state, _):
+    head = state.harmful_head
+    if imma_inner_steps > 0:
+      head = adapt_harmful_head(state.params.theta, head, task, weights,
+                                steps=imma_inner_steps)
     d, terms, basis = direction(state.params, task, weights, loss=loss,
                                 imma_steps=imma_steps, rtol=rtol,
                                 preconditioned_only=preconditioned_only, basis=state.basis,
-                                exact=exact)
+                                exact=exact,
+                                harmful_head=head if imma_inner_steps > 0 else None)
     updates, opt_state = tx.update(d, state.opt_state, state.params)
     params = jax.tree.map(_flush_subnormal, optax.apply_updates(state.params, updates))
-    return State(params, opt_state, state.step + 1, basis), terms
+    return State(params, opt_state, state.step + 1, basis, head), terms
 
   return jax.lax.scan(body, state, None, length=steps)
 
 
 def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
                      step_scale: float, imma_steps: int = 5,
+                     imma_inner_steps: int = IMMA_INNER_STEPS,
                      harmful_scale: float = 1.0,
                      basis: extreme_eigs.Basis | None = None) -> dict[str, Array]:
   """Regularizer weights "balanced by gradient norm" (paper, Sec. 6), made concrete.
@@ -482,23 +574,31 @@ def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
   (``η λ_P σ_1(H_P(θ0)) = step_scale``; Thm 4.3(1) needs ``< 1/(1 − 1/D)``), and every other
   term's weight so that its (preconditioned) direction at θ0 has the same Frobenius norm as
   λ_P's R_well direction — preconditioned for Ours' R_ill (``r_ill``), plain gradient for
-  the baselines (``r_ill_plain``, ``log_kappa_*``, ``imma``). Computed once, at θ0.
+  the baselines (``r_ill_plain``, every Opt κ form, both IMMAs). Computed once, at θ0.
   ``harmful_scale`` then multiplies every harmful-side weight (``r_ill``, ``r_ill_plain``,
-  ``log_kappa_h``, ``imma``): their directions start at that multiple of R_well's norm.
+  ``log_kappa_h``, ``inv_log_kappa_h``, ``inv_log_log_kappa_h``, ``imma``,
+  ``imma_unrolled``): their directions start at that multiple of R_well's norm.
+
+  Every Opt κ form is a scalar ``φ'(log κ)`` times ∇log κ, so at θ0 the three Opt κ variants
+  take exactly the same first step; they differ as κ moves. IMMA's weight is balanced on
+  ``∇_θ L_H(θ0, w_1)`` with ``w_1`` the head after its first inner steps from 0 — the head
+  its first outer step uses (at ``w = 0`` that gradient is 0).
 
   Args:
     params0: initial parameters.
     task: the :class:`Task`.
     learning_rate: η.
     step_scale: the R_well step as a fraction of its stability limit.
-    imma_steps: IMMA's inner steps; 0 (static) skips IMMA, whose weight is then 0.
+    imma_steps: the unrolled IMMA's attacker steps; 0 (static) skips it (weight 0).
+    imma_inner_steps: IMMA's inner steps per outer step; 0 (static) skips it (weight 0).
     harmful_scale: weight of the harmful-side terms relative to the balanced ones (1 =
       equal norms, the paper's "balancing"; the paper's own λ values are unknown).
     basis: warm-start blocks at θ0 (:func:`initial_basis`); given, the extremes come from
       :func:`extreme_eigs.warm` (converged at once) instead of another ``eigh``.
 
   Returns:
-    Dict with keys ``r_well, r_ill, r_ill_plain, log_kappa_p, log_kappa_h, imma``.
+    Dict with keys ``r_well, r_ill, r_ill_plain, log_kappa_p, log_kappa_h, inv_log_kappa_h,
+    log_log_kappa_p, inv_log_log_kappa_h, imma, imma_unrolled``.
   """
   theta = params0.theta
   kp_theta, kh_theta, h_p, h_h, e_p, e_h, _, _ = _hessians_and_extremes(theta, task, None,
@@ -506,21 +606,40 @@ def balanced_weights(params0: Params, task: Task, *, learning_rate: float,
   lam_p = step_scale / (learning_rate * e_p.sigma_max)
   norm = lambda m, g: jnp.linalg.norm(2.0 * m @ g)
   target = lam_p * norm(theta, regularizers.r_well_value_and_grad(h_p, e_p).grad)
+  harmful = harmful_scale * target
   g_ill = regularizers.r_ill_value_and_grad(h_h, e_h).grad
-  if imma_steps > 0:
-    g_imma = jax.grad(baselines.imma_harmful_loss)(
+  lk_p = baselines.log_kappa_value_and_grad(h_p, e_p)
+  lk_h = baselines.log_kappa_value_and_grad(h_h, e_h)
+  n_lk_p, n_lk_h = norm(kp_theta, lk_p.grad), norm(kh_theta, lk_h.grad)
+
+  def weight(goal, n, slope=1.0):
+    # goal / (|φ'|·‖2Kθ∇log κ‖), and 0 where the term has no gradient at θ0.
+    den = jnp.abs(slope) * n
+    return jnp.where(den > 0, goal / jnp.where(den > 0, den, 1.0), 0.0)
+
+  zero = jnp.zeros_like(target)
+  imma = imma_unrolled = zero
+  if imma_inner_steps > 0:
+    head1 = baselines.imma_inner(theta, jnp.zeros_like(params0.omega), task.q_h, task.b_h,
+                                 steps=imma_inner_steps)
+    g = jax.grad(baselines.harmful_loss)(theta, head1, task.q_h, task.b_h, task.c_h, task.n_h)
+    imma = weight(harmful, jnp.linalg.norm(g))
+  if imma_steps > 0:  # static: skip the unrolled attacker when no run uses it
+    g = jax.grad(baselines.imma_harmful_loss)(
         theta, task.q_h, task.b_h, task.c_h, task.n_h, steps=imma_steps)
-    imma = harmful_scale * target / jnp.linalg.norm(g_imma)
-  else:  # no IMMA runs in this batch (static): skip its unrolled attacker
-    imma = jnp.zeros_like(target)
+    imma_unrolled = weight(harmful, jnp.linalg.norm(g))
   return dict(
       r_well=lam_p,
-      r_ill=harmful_scale * target / norm(theta, g_ill),
-      r_ill_plain=harmful_scale * target / norm(kh_theta, g_ill),
-      log_kappa_p=target / norm(kp_theta, baselines.log_kappa_value_and_grad(h_p, e_p).grad),
-      log_kappa_h=harmful_scale * target / norm(
-          kh_theta, baselines.log_kappa_value_and_grad(h_h, e_h).grad),
+      r_ill=harmful / norm(theta, g_ill),
+      r_ill_plain=harmful / norm(kh_theta, g_ill),
+      log_kappa_p=weight(target, n_lk_p),
+      log_kappa_h=weight(harmful, n_lk_h),
+      inv_log_kappa_h=weight(harmful, n_lk_h, baselines.inverse_log_form(lk_h.value).slope),
+      log_log_kappa_p=weight(target, n_lk_p, baselines.log_log_form(lk_p.value).slope),
+      inv_log_log_kappa_h=weight(harmful, n_lk_h,
+                                 baselines.inverse_log_log_form(lk_h.value).slope),
       imma=imma,
+      imma_unrolled=imma_unrolled,
   )
 
 
@@ -533,8 +652,9 @@ def balanced_method_weights(method: str, balanced: dict[str, Array], *,
   Args:
     method: one of ``METHODS``.
     balanced: the dict returned by :func:`balanced_weights`.
-    precondition_baselines: ablation — give R_ill Only and Opt κ Alg. 1's preconditioner
-      (their weights are then re-balanced on the preconditioned norm only for R_ill).
+    precondition_baselines: ablation — give R_ill Only and the Opt κ variants Alg. 1's
+      preconditioner (their weights are then re-balanced on the preconditioned norm only for
+      R_ill).
     adaptive: Ours re-balances λ_P, λ_H at every step (see :class:`Weights`).
     learning_rate, step_scale: η and c, needed when ``adaptive``.
 
@@ -542,6 +662,8 @@ def balanced_method_weights(method: str, balanced: dict[str, Array], *,
     :class:`Weights`.
   """
   b = balanced
+  if method not in METHODS:
+    raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
   if method == "ours" and adaptive:
     if learning_rate is None or step_scale is None:
       raise ValueError("adaptive balancing needs `learning_rate` and `step_scale`.")
@@ -552,7 +674,7 @@ def balanced_method_weights(method: str, balanced: dict[str, Array], *,
   if method == "r_ill_only":
     return method_weights("r_ill_only", precondition=precondition_baselines,
                           r_ill=b["r_ill"] if precondition_baselines else b["r_ill_plain"])
-  if method == "opt_kappa":
-    return method_weights("opt_kappa", precondition=precondition_baselines,
-                          log_kappa_p=b["log_kappa_p"], log_kappa_h=b["log_kappa_h"])
-  return method_weights(method, imma=b["imma"])
+  if method.startswith("opt_kappa"):
+    return method_weights(method, precondition=precondition_baselines,
+                          **{k: b[k] for k in _USES[method]})
+  return method_weights(method, **{k: b[k] for k in _USES[method]})

@@ -53,7 +53,8 @@ def task_axes(tasks: immunize.Task) -> immunize.Task:
 
 def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: int, *,
               learning_rate: float, step_scale: float, clip_factor: float = 1.0,
-              imma_steps: int = 5, init: str = "orthogonal",
+              imma_steps: int = 5, imma_inner_steps: int = immunize.IMMA_INNER_STEPS,
+              init: str = "orthogonal",
               precondition_baselines: bool = False, adaptive: bool = False,
               harmful_scale: float = 1.0, eig_solver: str = "warm",
               task_batch: int | None = None) -> Runs:
@@ -71,7 +72,8 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     step_scale: R_well step as a fraction of its stability limit (balancing).
     clip_factor: each run's update norm is capped at ``clip_factor`` × its first step's norm
       (``inf`` disables).
-    imma_steps: IMMA's inner steps.
+    imma_steps: the unrolled IMMA's attacker steps (``imma_unrolled``).
+    imma_inner_steps: IMMA's attacker steps per outer step (``imma``).
     init: θ0 initialisation (``immunize.init_params``).
     precondition_baselines: ablation flag (``immunize.balanced_method_weights``).
     adaptive: Ours re-balances its λ's at every step (``immunize.Weights``).
@@ -90,8 +92,15 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
   for m in methods:
     if m not in immunize.METHODS:
       raise ValueError(f"unknown method {m!r} in `methods`; choose from {immunize.METHODS}.")
-  if "imma" in methods and imma_steps <= 0:
-    raise ValueError(f"`imma_steps`={imma_steps}: IMMA needs at least one inner attacker step.")
+  if "imma_unrolled" in methods and imma_steps <= 0:
+    raise ValueError(f"`imma_steps`={imma_steps}: imma_unrolled needs at least one unrolled "
+                     "attacker step; pass imma_steps >= 1.")
+  if "imma" in methods and imma_inner_steps <= 0:
+    raise ValueError(f"`imma_inner_steps`={imma_inner_steps}: IMMA needs at least one inner "
+                     "attacker step per outer step; pass imma_inner_steps >= 1.")
+  # Balancing and the first-step norms run each IMMA's attacker only if a run uses it.
+  imma_steps = imma_steps if "imma_unrolled" in methods else 0
+  imma_inner_steps = imma_inner_steps if "imma" in methods else 0
   if eig_solver not in ("warm", "eigh"):
     raise ValueError(f"`eig_solver` must be 'warm' or 'eigh'; got {eig_solver!r}.")
   warm = eig_solver == "warm" and tasks.root_p is not None
@@ -106,13 +115,19 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
       basis = immunize.initial_basis(params0.theta, task) if warm else None
       bal = immunize.balanced_weights(params0, task, learning_rate=learning_rate,
                                       step_scale=step_scale, imma_steps=imma_steps,
+                                      imma_inner_steps=imma_inner_steps,
                                       harmful_scale=harmful_scale, basis=basis)
       ws = [immunize.balanced_method_weights(
           m, bal, precondition_baselines=precondition_baselines, adaptive=adaptive,
           learning_rate=learning_rate, step_scale=step_scale) for m in methods]
       ws = jax.tree.map(lambda *a: jnp.stack(a), *ws)  # (M,)
+      # IMMA's first outer step uses the head after its first inner steps from 0.
+      head1 = (immunize.adapt_harmful_head(params0.theta, jnp.zeros_like(params0.omega), task,
+                                           immunize.method_weights("imma", imma=1.0),
+                                           steps=imma_inner_steps)
+               if imma_inner_steps > 0 else None)
       norms = jax.vmap(lambda w: immunize.direction_norm(
-          params0, task, w, imma_steps=imma_steps, basis=basis))(ws)
+          params0, task, w, imma_steps=imma_steps, basis=basis, harmful_head=head1))(ws)
       states = jax.vmap(lambda n: immunize.init_state(params0, learning_rate,
                                                       clip_factor * n, basis=basis))(norms)
       return states, ws
@@ -156,27 +171,32 @@ def join_methods(trees: Sequence) -> object:
 
 
 def method_statics(method: str, *, imma_steps: int, precondition_baselines: bool = False,
-                   exact_methods: Sequence[str] = ()) -> dict:
+                   exact_methods: Sequence[str] = (),
+                   imma_inner_steps: int = immunize.IMMA_INNER_STEPS) -> dict:
   """The static :func:`run_chunk` flags a batch of ``method`` runs alone can use.
 
   Args:
     method: one of ``immunize.METHODS``.
-    imma_steps: IMMA's inner attacker steps.
+    imma_steps: the unrolled IMMA's attacker steps (``imma_unrolled``).
     precondition_baselines: every method's spectral terms are preconditioned.
     exact_methods: methods whose runs take the full-``eigh`` extremes even when they carry
       a warm-start basis (a method whose checks fail on most chunks would otherwise pay for
       both paths).
+    imma_inner_steps: IMMA's attacker steps per outer step (``imma``).
 
   Returns:
-    ``dict(imma_steps=..., preconditioned_only=..., exact=...)``: IMMA's attacker only for
-    IMMA runs; no plain-gradient products for methods whose spectral terms are all
-    preconditioned (Ours, IMMA, or every method with ``precondition_baselines``).
+    ``dict(imma_steps=..., imma_inner_steps=..., preconditioned_only=..., exact=...)``: each
+    IMMA's attacker only for its own runs; no plain-gradient products for methods whose
+    spectral terms are all preconditioned or absent (Ours, both IMMAs, or every method with
+    ``precondition_baselines``).
   """
   for m in (method, *exact_methods):
     if m not in immunize.METHODS:
       raise ValueError(f"unknown method {m!r}; choose from {immunize.METHODS}.")
-  return dict(imma_steps=imma_steps if method == "imma" else 0,
-              preconditioned_only=precondition_baselines or method in ("ours", "imma"),
+  return dict(imma_steps=imma_steps if method == "imma_unrolled" else 0,
+              imma_inner_steps=imma_inner_steps if method == "imma" else 0,
+              preconditioned_only=(precondition_baselines
+                                   or method in ("ours", "imma", "imma_unrolled")),
               exact=method in exact_methods)
 
 
@@ -224,11 +244,12 @@ def shard_tasks(tree, mesh: Mesh):
       lambda a, ax: jax.device_put(a, replicated if ax is None else split), tree)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol",
-                                             "preconditioned_only", "task_batch", "mesh",
-                                             "exact", "all_steps"))
+@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "imma_inner_steps",
+                                             "rtol", "preconditioned_only", "task_batch",
+                                             "mesh", "exact", "all_steps"))
 def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Weights, *,
-              steps: int, loss: str = "mse", imma_steps: int = 5, rtol: float | None = None,
+              steps: int, loss: str = "mse", imma_steps: int = 5,
+              imma_inner_steps: int = immunize.IMMA_INNER_STEPS, rtol: float | None = None,
               preconditioned_only: bool = False, task_batch: int | None = None,
               mesh: Mesh | None = None, exact: bool = False,
               all_steps: bool = False) -> tuple[immunize.State, immunize.Terms]:
@@ -237,7 +258,7 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
   Args:
     state, tasks, weights: batched with leading axes ``(T, R)`` (tasks: ``T``).
     steps: steps in this chunk (static).
-    loss, imma_steps, rtol: see ``immunize.direction`` (static).
+    loss, imma_steps, imma_inner_steps, rtol: see ``immunize.run_steps`` (static).
     preconditioned_only: static promise that every run's spectral terms are
       preconditioned (a batch of Ours and IMMA runs), see ``immunize.direction``.
     task_batch: bound memory: hold only this many tasks' runs at once (``lax.map`` with
@@ -257,8 +278,9 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
   """
   def per_run(s, task, w):
     s, terms = immunize.run_steps(s, task, w, steps=steps, loss=loss,
-                                  imma_steps=imma_steps, rtol=rtol,
-                                  preconditioned_only=preconditioned_only, exact=exact)
+                                  imma_steps=imma_steps, imma_inner_steps=imma_inner_steps,
+                                  rtol=rtol, preconditioned_only=preconditioned_only,
+                                  exact=exact)
     return s, terms if all_steps else _chunk_summary(terms)
   per_task = jax.vmap(per_run, in_axes=(0, None, 0))
   axes = task_axes(tasks)
@@ -283,13 +305,14 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
                        out_specs=split)(state, batched, weights, pool)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "rtol",
-                                             "preconditioned_only", "all_steps"))
-def _exact_run(state, task, weights, *, steps, loss, imma_steps, rtol, preconditioned_only,
-               all_steps):
+@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "imma_inner_steps",
+                                             "rtol", "preconditioned_only", "all_steps"))
+def _exact_run(state, task, weights, *, steps, loss, imma_steps, imma_inner_steps, rtol,
+               preconditioned_only, all_steps):
   new, terms = immunize.run_steps(state, task, weights, steps=steps, loss=loss,
-                                  imma_steps=imma_steps, rtol=rtol,
-                                  preconditioned_only=preconditioned_only, exact=True)
+                                  imma_steps=imma_steps, imma_inner_steps=imma_inner_steps,
+                                  rtol=rtol, preconditioned_only=preconditioned_only,
+                                  exact=True)
   return new, terms if all_steps else _chunk_summary(terms)
 
 
@@ -339,7 +362,8 @@ def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
     new, exact_terms = run_chunk(state, tasks, weights, **{**kwargs, "exact": True})
     return new, exact_terms._replace(eig_ok=terms.eig_ok), ~ok
   static = {k: kwargs.get(k, d) for k, d in (
-      ("steps", None), ("loss", "mse"), ("imma_steps", 5), ("rtol", None),
+      ("steps", None), ("loss", "mse"), ("imma_steps", 5),
+      ("imma_inner_steps", immunize.IMMA_INNER_STEPS), ("rtol", None),
       ("preconditioned_only", False), ("all_steps", False))}
   axes = task_axes(tasks)
   for t, r in np.argwhere(~ok):

@@ -1,4 +1,4 @@
-"""Tests for immujax/deep.py: the four methods, float64 regularizers, RIR_θ0, IMMA, resume."""
+"""Tests for immujax/deep.py: the methods, float64 regularizers, RIR_θ0, IMMA, resume."""
 import functools
 
 import jax
@@ -89,6 +89,23 @@ def test_regularizers_in_float64_with_float32_features():
   # A float32 Gram would not agree this closely (it is what float64 buys).
   s32 = np.asarray(phi_h).T @ np.asarray(phi_h)
   assert s32.dtype == np.float32
+
+
+def test_opt_kappa_is_the_authors_kappa_loss_and_opt_kappa_log_the_log_form():
+  from immujax import baselines, spectral
+  model, trainable, frozen, data = _setup()
+  batch_p, batch_h = (data.x_p[:B], data.y_p[:B]), (data.x_h[:B], data.y_h[:B])
+  s_p, s_h = (deep.gram64(deep.forward(model, trainable, frozen, x)[0])
+              for x in (batch_p[0], batch_h[0]))
+  lk_p, lk_h = spectral.log_condition_number(s_p), spectral.log_condition_number(s_h)
+  hp = deep.make_hparams(lr=1e-2, lambda_kappa=0.3)
+  for method, reg in (("opt_kappa", lk_p + baselines.inverse_log_condition_number(s_h)),
+                      ("opt_kappa_log", lk_p - lk_h)):
+    loss, aux = deep.objective(deep.Spec(model, method), trainable, frozen, batch_p, batch_h,
+                               hp)
+    np.testing.assert_allclose(loss, aux["ce_p"] + 0.3 * reg, rtol=1e-12)
+  np.testing.assert_allclose(baselines.inverse_log_condition_number(s_h), 1 / lk_h,
+                             rtol=1e-12)
 
 
 def test_rir_theta0_identity_is_exactly_one():

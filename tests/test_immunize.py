@@ -69,11 +69,21 @@ def test_baselines_use_plain_gradients():
   w = im.method_weights("r_ill_only", r_ill=3.0)
   g = jax.grad(lambda t: 3.0 * ij.r_ill(ij.hessian(t, task.k_h)))(theta)
   _close(_one_step(task, w, params, eta).theta, theta - eta * (g_sup + g))
-  # Opt κ: GD on L + λ_P log κ(H_P) − λ_H log κ(H_H).
-  w = im.method_weights("opt_kappa", log_kappa_p=0.5, log_kappa_h=0.2)
-  g = jax.grad(lambda t: 0.5 * ij.log_condition_number(ij.hessian(t, task.k_p))
-               - 0.2 * ij.log_condition_number(ij.hessian(t, task.k_h)))(theta)
-  _close(_one_step(task, w, params, eta).theta, theta - eta * (g_sup + g))
+  # The three Opt κ forms: GD on L + their objective, through the installed custom rules.
+  hp, hh = (lambda t: ij.hessian(t, task.k_p)), (lambda t: ij.hessian(t, task.k_h))
+  for method, terms, objective in (
+      ("opt_kappa", dict(log_kappa_p=0.5, inv_log_kappa_h=0.2),   # the authors' ImmuLoss
+       lambda t: 0.5 * ij.log_condition_number(hp(t))
+       + 0.2 * baselines.inverse_log_condition_number(hh(t))),
+      ("opt_kappa_log", dict(log_kappa_p=0.5, log_kappa_h=0.2),
+       lambda t: 0.5 * ij.log_condition_number(hp(t))
+       - 0.2 * ij.log_condition_number(hh(t))),
+      ("opt_kappa_loglog", dict(log_log_kappa_p=0.5, inv_log_log_kappa_h=0.2),
+       lambda t: 0.5 * baselines.log_log_condition_number(hp(t))
+       + 0.2 * baselines.inverse_log_log_condition_number(hh(t)))):
+    w = im.method_weights(method, **terms)
+    _close(_one_step(task, w, params, eta).theta,
+           theta - eta * (g_sup + jax.grad(objective)(theta)))
 
 
 def test_imma_inner_attacker_matches_feature_space_unrolling():
@@ -101,14 +111,22 @@ def test_sweep_all_methods_jit_vmap_finite_and_compiles_once():
   tasks = jax.tree.map(lambda *a: jnp.stack(a), _task(4)[0], _task(5)[0])
   runs = sweep.init_runs(jax.random.key(0), tasks, im.METHODS, 2, learning_rate=0.01,
                          step_scale=0.2)
-  assert runs.state.params.theta.shape == (2, 8, 5, 5)
+  n = 2 * len(im.METHODS)   # all 7 methods × 2 seeds, one vmapped program
+  assert runs.state.params.theta.shape == (2, n, 5, 5)
+  assert runs.state.harmful_head.shape == (2, n, 5)
   before = sweep.run_chunk._cache_size()
   state, terms = sweep.run_chunk(runs.state, tasks, runs.weights, steps=3)
   state, terms = sweep.run_chunk(state, tasks, runs.weights, steps=3)
   assert sweep.run_chunk._cache_size() == before + 1
   assert np.all(np.isfinite(state.params.theta)) and np.all(np.isfinite(terms.supervised))
   ev = sweep.evaluate(state, tasks)
-  assert ev.rir.shape == (2, 8) and np.all(ev.finite)
+  assert ev.rir.shape == (2, n) and np.all(ev.finite)
+  # Only IMMA's runs move their harmful head; every method moved θ away from θ0.
+  imma = np.array([m == "imma" for m, _ in sweep.run_index(im.METHODS, 2)])
+  heads = np.abs(np.asarray(state.harmful_head)).max(-1)
+  assert np.all(heads[:, imma] > 0) and np.all(heads[:, ~imma] == 0)
+  moved = np.abs(np.asarray(state.params.theta - runs.state.params.theta)).max((-2, -1))
+  assert np.all(moved > 0)
   # Same seed ⇒ same θ0 for every method (common random numbers).
   _close(runs.state.params.theta[0, 0], runs.state.params.theta[0, 2])
 

@@ -1,15 +1,20 @@
-"""The immunization objectives of the four methods on deep features (Eq. 11).
+"""The immunization objectives of the methods on deep features (Eq. 11).
 
 With ``Φ = f_θ(X)`` the pooled features of a minibatch and ``H̃ = ΦᵀΦ``
-(:func:`immujax.deep.network.gram64`, float64), the four methods minimise:
+(:func:`immujax.deep.network.gram64`, float64), the methods minimise:
 
-==============  ==========================================================================
-``ours``        ``L_P + λ_P·R_well(Φ_PᵀΦ_P) + λ_H·R_ill(Φ_HᵀΦ_H)``             (Eq. 11)
-``r_ill_only``  ``L_P + λ_H·R_ill(Φ_HᵀΦ_H)``  (keeps L_P, as the authors' ``max_only``)
-``opt_kappa``   ``L_P + λ_κ·(log κ(Φ_PᵀΦ_P) − log κ(Φ_HᵀΦ_H))``
-``imma``        ``L_P − λ_imma·CE_H(w_T)``, ``w_T`` = a linear probe after ``T`` unrolled
-                gradient steps on the harmful minibatch (bi-level, Zheng & Yeh 2024)
-==============  ==========================================================================
+=================  =======================================================================
+``ours``           ``L_P + λ_P·R_well(Φ_PᵀΦ_P) + λ_H·R_ill(Φ_HᵀΦ_H)``          (Eq. 11)
+``r_ill_only``     ``L_P + λ_H·R_ill(Φ_HᵀΦ_H)``  (keeps L_P, as the authors' ``max_only``)
+``opt_kappa``      ``L_P + λ_κ·(log κ(Φ_PᵀΦ_P) + 1/log κ(Φ_HᵀΦ_H))``: the authors'
+                   ``ImmuLoss(loss_type="kappa")`` with its default ``λ_r1 = λ_r2 = 1``
+                   (written for these minibatch feature Grams)
+``opt_kappa_log``  ``L_P + λ_κ·(log κ(Φ_PᵀΦ_P) − log κ(Φ_HᵀΦ_H))`` (the earlier form)
+``imma``           ``L_P − λ_imma·CE_H(w_T)``, ``w_T`` = a linear probe after ``T``
+                   unrolled gradient steps on the harmful minibatch (bi-level, Zheng &
+                   Yeh 2024; the linear study's ``imma`` alternates with a warm-started
+                   head instead, its ``imma_unrolled`` is this scheme)
+=================  =======================================================================
 
 ``L_P`` is the label-smoothed (ε = 0.1) softmax cross-entropy of the pre-training task on the
 D_P minibatch (timm's ``LabelSmoothingCrossEntropy`` = ``optax.softmax_cross_entropy`` with
@@ -54,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from immujax import baselines
 from immujax import regularizers
 from immujax import spectral
 from immujax.deep.network import forward
@@ -61,7 +67,7 @@ from immujax.deep.network import gram64
 
 Array = jax.Array
 
-METHODS = ("ours", "r_ill_only", "opt_kappa", "imma")
+METHODS = ("ours", "r_ill_only", "opt_kappa", "opt_kappa_log", "imma")
 
 
 class HParams(NamedTuple):
@@ -71,7 +77,8 @@ class HParams(NamedTuple):
     lr: SGD learning rate η.
     lambda_p: λ_P, weight of R_well(Φ_PᵀΦ_P) (the authors' ``lambda_r1``).
     lambda_h: λ_H, weight of R_ill(Φ_HᵀΦ_H) (the authors' ``lambda_r2``).
-    lambda_kappa: λ_κ, weight of ``log κ(S_P) − log κ(S_H)`` (``opt_kappa``).
+    lambda_kappa: λ_κ, weight of ``log κ(S_P) + 1/log κ(S_H)`` (``opt_kappa``) or of
+      ``log κ(S_P) − log κ(S_H)`` (``opt_kappa_log``).
     lambda_imma: λ_imma, weight of the adapted harmful loss (``imma``).
     inner_lr: η_inner, the IMMA attacker's step size.
   """
@@ -252,6 +259,10 @@ def objective(spec: Spec, trainable: dict, frozen: dict, batch_p, batch_h,
     loss = ce_p + hparams.lambda_h * ri
     out.update(r_ill=ri)
   elif spec.method == "opt_kappa":
+    lk_p = spectral.log_condition_number(s_p, rtol=spec.rtol)
+    inv_lk_h = baselines.inverse_log_condition_number(s_h, rtol=spec.rtol)
+    loss = ce_p + hparams.lambda_kappa * (lk_p + inv_lk_h)
+  elif spec.method == "opt_kappa_log":
     lk_p = spectral.log_condition_number(s_p, rtol=spec.rtol)
     lk_h = spectral.log_condition_number(s_h, rtol=spec.rtol)
     loss = ce_p + hparams.lambda_kappa * (lk_p - lk_h)
