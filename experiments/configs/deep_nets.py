@@ -57,34 +57,6 @@ _PAPER = {
     "vit_country211": ("vit_b16", "country211", 32, 2, 1e-6, 1e8, 5e-6, 989),
 }
 
-# Table 3 of the paper (mean over 3 seeds; ± omitted), for the reference column of table.md.
-PAPER_TABLE3 = {
-    "cars": {
-        "resnet18": {"theta0_acc": 68.24,
-                     "r_ill_only": (1.878, 1.786, 1.057, 63.84),
-                     "imma": (0.866, 0.889, 0.974, 63.57),
-                     "opt_kappa": (1.217, 0.798, 1.527, 63.65),
-                     "ours": (2.386, 0.699, 3.467, 62.36)},
-        "vit_b16": {"theta0_acc": 81.78,
-                    "r_ill_only": (13.121, 4.097, 3.342, 82.21),
-                    "imma": (1.422, 2.090, 0.702, 81.89),
-                    "opt_kappa": (3.598, 0.171, 26.369, 82.51),
-                    "ours": (7.945, 0.323, 34.517, 82.79)},
-    },
-    "country211": {
-        "resnet18": {"theta0_acc": 68.24,
-                     "r_ill_only": (20.727, 20.675, 1.038, 62.17),
-                     "imma": (0.791, 0.814, 0.972, 67.03),
-                     "opt_kappa": (1.538, 1.053, 1.472, 66.81),
-                     "ours": (3.287, 0.399, 8.714, 65.01)},
-        "vit_b16": {"theta0_acc": 81.78,
-                    "r_ill_only": (69.291, 63.519, 1.122, 80.73),
-                    "imma": (6.242, 7.599, 0.845, 82.47),
-                    "opt_kappa": (4.589, 0.300, 16.498, 82.79),
-                    "ours": (20.894, 0.700, 41.341, 83.17)},
-    },
-}
-
 METHODS = ("r_ill_only", "imma", "opt_kappa", "ours")  # Table 3's row order
 ATTACKS = ("linear_probe", "full", "lora")
 
@@ -243,28 +215,65 @@ def get_config(name: str = "stand_in") -> ml_collections.ConfigDict:
 
 def attack_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
   """``attacks.run`` as a tuple of names (``--config.attacks.run=linear_probe,lora`` works)."""
-  run = (c.attacks.run,) if isinstance(c.attacks.run, str) else tuple(c.attacks.run)
-  return tuple(name.strip() for item in run for name in item.split(",") if name.strip())
+  from immujax.studies import deep_nets  # pylint: disable=g-import-not-at-top
+  return deep_nets.attack_names(c)
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Checks the fields a run uses (flag names in the messages); raises ValueError early."""
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  f = "--config."
-  common.validate_subset(c.immunize.methods, f + "immunize.methods", METHODS)
-  common.validate_positive_int(c.immunize.seeds, f + "immunize.seeds")
-  common.validate_positive_int(c.immunize.batch_size, f + "immunize.batch_size")
-  common.validate_positive_int(c.immunize.chunk_steps, f + "immunize.chunk_steps")
-  common.validate_choice(c.immunize.mode, f + "immunize.mode", ("scan", "loop"))
-  common.validate_positive_float(c.immunize.lr, f + "immunize.lr")
+def ignored(c: ml_collections.ConfigDict) -> dict:
+  """Fields this configuration does not use (setting them on the command line is an error)."""
+  out = {}
+  run = set(attack_names(c))
+  for name in ATTACKS:
+    if name not in run:
+      out[f"attacks.{name}.*"] = f"--config.attacks.run does not include {name}"
+  for k in ("rank", "lora_scale"):
+    for name in ATTACKS:
+      if name != "lora":
+        out[f"attacks.{name}.{k}"] = "only LoRA has a rank and a scale"
+  for name in ATTACKS:
+    out[f"attacks.{name}.kind"] = "it names the attack (fixed)"
+    if c.attacks[name].optimizer == "adam":
+      out[f"attacks.{name}.momentum"] = f"--config.attacks.{name}.optimizer=adam"
+  for m in set(c.methods.keys()) - set(c.immunize.methods):
+    out[f"methods.{m}.*"] = f"--config.immunize.methods does not include {m}"
   if c.stand_in:
-    common.validate_steps(c.immunize.steps, c.immunize.chunk_steps, f + "immunize.")
-    common.validate_steps(c.pretrain.steps, c.pretrain.chunk_steps, f + "pretrain.")
-  common.validate_positive_int(c.evaluation.n_groups, f + "evaluation.n_groups")
-  common.validate_positive_int(c.evaluation.group_size, f + "evaluation.group_size")
-  common.validate_positive_int(c.evaluation.batch_size, f + "evaluation.batch_size")
-  common.validate_choice(c.evaluation.kappa, f + "evaluation.kappa", ("pinv", "authors"))
-  run = common.validate_subset(attack_names(c), f + "attacks.run", ATTACKS)
+    out["model.dtype"] = "the stand-in's small ResNet computes in float32 as built"
+    out["model.arch"] = "the stand-in is a small ResNet (fixed)"
+    out["data.kind"] = out["data.source"] = ("the stand-in reads MNIST: the sample, or the "
+                                             "IDX files of --mnist_dir")
+  else:
+    out["immunize.config_lr"] = "it records the authors' yaml value, which their code never used"
+    out["data.augment"] = "the paper-scale path always uses timm's training augmentation"
+    out["data.kind"] = "the paper-scale path reads ImageNet-1K (fixed)"
+    out["immunize.mode"] = "the paper-scale path always runs the compiled scan"
+    if c.model.arch != "vit_b16":
+      out["model.train_all_norms"] = "only the ViT has it"
+    if c.immunize.steps:
+      out["immunize.epochs"] = out["immunize.steps_per_epoch"] = "--config.immunize.steps > 0"
+  return out
+
+
+def validate(c: ml_collections.ConfigDict, overrides: dict | None = None) -> None:
+  """Checks the fields a run uses (flag names in the messages); raises ValueError early.
+
+  ``overrides`` (the ``--config.<field>`` flags given) must not set an ignored field.
+  """
+  from immujax.runner import validate as common  # pylint: disable=g-import-not-at-top
+  f = "--config."
+  c.immunize.methods = common.subset(c.immunize.methods, f + "immunize.methods", METHODS)
+  common.positive_int(c.immunize.seeds, f + "immunize.seeds")
+  common.positive_int(c.immunize.batch_size, f + "immunize.batch_size")
+  common.positive_int(c.immunize.chunk_steps, f + "immunize.chunk_steps")
+  common.choice(c.immunize.mode, f + "immunize.mode", ("scan", "loop"))
+  common.positive_float(c.immunize.lr, f + "immunize.lr")
+  if c.stand_in:
+    common.steps(c.immunize.steps, c.immunize.chunk_steps, f + "immunize.")
+    common.steps(c.pretrain.steps, c.pretrain.chunk_steps, f + "pretrain.")
+  common.positive_int(c.evaluation.n_groups, f + "evaluation.n_groups")
+  common.positive_int(c.evaluation.group_size, f + "evaluation.group_size")
+  common.positive_int(c.evaluation.batch_size, f + "evaluation.batch_size")
+  common.choice(c.evaluation.kappa, f + "evaluation.kappa", ("pinv", "authors"))
+  run = common.subset(attack_names(c), f + "attacks.run", ATTACKS)
   if not c.stand_in and set(run) - {"linear_probe"}:
     raise ValueError(f"{f}attacks.run={','.join(run)}: the paper-scale path streams images "
                      "from disk and runs linear probing only; pass "
@@ -272,13 +281,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for name in run:
     a = c.attacks[name]
     p = f"{f}attacks.{name}."
-    common.validate_choice(a.kind, p + "kind", (name,))
-    common.validate_positive_int(a.epochs, p + "epochs")
-    common.validate_positive_int(a.batch_size, p + "batch_size")
-    common.validate_positive_float(a.lr, p + "lr")
-    common.validate_choice(a.optimizer, p + "optimizer", ("adam", "sgd"))
+    common.choice(a.kind, p + "kind", (name,))
+    common.positive_int(a.epochs, p + "epochs")
+    common.positive_int(a.batch_size, p + "batch_size")
+    common.positive_float(a.lr, p + "lr")
+    common.choice(a.optimizer, p + "optimizer", ("adam", "sgd"))
     if not 0.0 <= a.momentum < 1.0:
       raise ValueError(f"{p}momentum={a.momentum!r} must be in [0, 1).")
     if name == "lora":
-      common.validate_positive_int(a.rank, p + "rank")
-      common.validate_positive_float(a.lora_scale, p + "lora_scale")
+      common.positive_int(a.rank, p + "rank")
+      common.positive_float(a.lora_scale, p + "lora_scale")
+  common.no_ignored_overrides(overrides or {}, ignored(c))
