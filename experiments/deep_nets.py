@@ -53,7 +53,7 @@ def main(f) -> None:
                           "the stand-in reads MNIST") + "); drop it.")
   deep_nets.run(cfg, f.workdir, mnist_dir=f.mnist_dir, imagenet_dir=f.imagenet_dir,
                 harmful_dir=f.harmful_dir, weights=f.weights, move_aside=f.move_aside,
-                echo=cli.echo)
+                echo=cli.echo, defaults=cli.defaults(f))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def main(f) -> None:
                      "pass --cache_dir to download OpenML dataset 42165.")
   workdir.validate_data_dir(data_dir, "--data_dir")
   house_price.run(cfg, f.workdir, data_dir=data_dir, cache_dir=f.cache_dir,
-                  max_chunks=f.max_chunks, move_aside=f.move_aside, echo=cli.echo, clock=clock)
+                  max_chunks=f.max_chunks, move_aside=f.move_aside, echo=cli.echo, clock=clock,
+                  defaults=cli.defaults(f))
 
 
 if __name__ == "__main__":

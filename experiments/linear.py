@@ -42,7 +42,7 @@ def main(f) -> None:
     raise ValueError("--data is empty; pass FILE.npz with x_p, y_p, x_h, y_h.")
   data = evaluation.validate_data(evaluate.load_npz(f.data), name=f"--data={f.data}")
   linear.run(cfg, data, f.workdir, data_path=f.data, move_aside=f.move_aside,
-             max_chunks=f.max_chunks, echo=cli.echo, clock=clock)
+             max_chunks=f.max_chunks, echo=cli.echo, clock=clock, defaults=cli.defaults(f))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def main(f) -> None:
     workdir.validate_data_dir(f.tfds_data_dir, "--tfds_data_dir")
   mnist_pairs.run(cfg, f.workdir, mnist_dir=mnist_dir, tfds_data_dir=f.tfds_data_dir,
                   devices=f.devices, max_chunks=f.max_chunks, move_aside=f.move_aside,
-                  layout=layout, echo=cli.echo, clock=clock)
+                  layout=layout, echo=cli.echo, clock=clock, defaults=cli.defaults(f))
 
 
 if __name__ == "__main__":

@@ -41,9 +41,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.kappa = "pinv"           # κ of the evaluation: "pinv" (Eq. 1) or "authors" (1e-6 recipe)
   c.roots = True             # eigendecompose rank×rank Grams instead of D×D (same spectra)
   c.eig_solver = "warm"      # "warm": warm-started, checked extremes (extreme_eigs); "eigh"
-  # Methods that take the full-eigh extremes anyway: Opt κ's −log κ(H_H) term drives
-  # σ_min(H_H) below the rank tolerance, a rank drop the warm check flags on most of its
-  # chunks (measured, BUILD_NOTES), paying for both paths.
+  # Methods that always take the full-eigh extremes (comma-separated; () = none).
+  # Opt κ's −log κ(H_H) term drives σ_min(H_H) below the rank tolerance, a rank drop the
+  # warm check flags on most of its chunks (measured, BUILD_NOTES), paying for both paths.
   c.eig_exact_methods = ("opt_kappa",)
   if variant in ("paper", "paper_ours"):
     c.source = "idx"

@@ -193,8 +193,6 @@ def describe_change(old: dict, new: dict) -> str:
     'D1.csv changed (10 → 12 bytes, sha256 abababab → cdcdcdcd)'
   """
   parts = []
-  if old.get("source") != new.get("source"):
-    parts.append(f"the source changed ({old.get('source')!r} → {new.get('source')!r})")
   before = {f["name"]: f for f in old.get("files", [])}
   after = {f["name"]: f for f in new.get("files", [])}
   for name in sorted(set(before) | set(after)):
@@ -206,6 +204,8 @@ def describe_change(old: dict, new: dict) -> str:
     elif a["sha256"] != b["sha256"]:
       parts.append(f"{name} changed ({a['bytes']} → {b['bytes']} bytes, sha256 "
                    f"{a['sha256'][:8]} → {b['sha256'][:8]})")
+  if not parts and old.get("source") != new.get("source"):
+    parts.append(f"the source changed ({old.get('source')!r} → {new.get('source')!r})")
   if not parts:
     parts.append("the loaded arrays differ although the files are the same (the loader or "
                  "its settings changed)")

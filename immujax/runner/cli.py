@@ -104,6 +104,14 @@ def overrides(fv, name: str = "config") -> dict:
     return {}
 
 
+def defaults(fv, name: str = "config") -> dict:
+  """The config file's own values (``--config=path[:variant]`` without the overrides)."""
+  try:
+    return load_config(fv[name].config_filename).to_dict()
+  except Exception:  # pylint: disable=broad-except
+    return {}
+
+
 def data_dir(value: Optional[str], env_var: str, subdir: str) -> Optional[pathlib.Path]:
   """A data directory from a flag, else ``$<env_var>``, else ``$IMMUJAX_DATA_DIR/<subdir>``."""
   if value:
@@ -159,16 +167,17 @@ _PARAM = re.compile(r"^\s*(?:def \w+\()?\s*(?:\*,\s*)?(\w+)\s*[,=)]")
 
 
 def field_meanings(source: str) -> dict[str, str]:
-  """``{field path or name: meaning}`` from the comments of a config file's source.
+  """``{field path: meaning}`` from the comments of a config file's source.
 
   A field's meaning is the comment on the line that sets it (``c.steps = 30  # meaning``,
   ``steps=30,  # meaning`` inside ``ConfigDict(dict(...))``, ``"steps": 30,  # meaning``, a
   parameter of a helper on its own line) or, without one, the first line of the comment block
   right above it. Fields inside ``c.<name> = ConfigDict(...)`` are keyed ``<name>.<field>``;
-  helpers' parameters by their name.
+  a helper's parameters ``()<name>`` and fields of nested dicts also ``*<name>`` (found by
+  :func:`meaning_of` after the paths).
 
   Example:
-    >>> field_meanings("c.steps = 30  # GD steps\\n# chunk size\\nc.chunk_steps = 10")
+    >>> field_meanings("c.steps = 30  # GD steps\n# chunk size\nc.chunk_steps = 10")
     {'steps': 'GD steps', 'chunk_steps': 'chunk size'}
   """
   out: dict[str, str] = {}
@@ -182,38 +191,42 @@ def field_meanings(source: str) -> dict[str, str]:
     comment = comment.strip().lstrip("#").strip()
     meaning = comment or (above[0] if above else "")
     above = []
-    if prefix:
-      depth += code.count("(") + code.count("{") - code.count(")") - code.count("}")
+    keys = []
     m = _ATTR.match(code)
-    key = None
     if m:
-      key = m.group(1)
+      keys.append(m.group(1))
       rest = code[m.end():]
       if "ConfigDict" in rest and depth <= 0:
         depth = rest.count("(") + rest.count("{") - rest.count(")") - rest.count("}")
-        prefix = f"{key}." if depth > 0 else ""
+        prefix = f"{m.group(1)}." if depth > 0 else ""
+        rest = ""
     elif prefix and depth > 0:
       m = _KEYWORD.match(code) or _KEY.match(code)
-      key = prefix + m.group(1) if m else None
-    if key is None:
+      if m:
+        keys += [prefix + m.group(1), "*" + m.group(1)]
+      depth += code.count("(") + code.count("{") - code.count(")") - code.count("}")
+      if depth <= 0:
+        prefix = ""
+    else:
       m = _PARAM.match(code)
-      key = m.group(1) if m and comment else None
-    if prefix and depth <= 0:
-      prefix = ""
-    if key and meaning:
-      out.setdefault(key, meaning)
+      if m and comment:
+        keys.append("()" + m.group(1))
+    for key in keys:
+      if meaning:
+        out.setdefault(key, meaning)
   return out
 
 
 def meaning_of(path: str, meanings: dict[str, str]) -> str:
-  """The meaning of a dotted field path: the path, a shorter suffix of it, or its parent's."""
+  """The meaning of a dotted field path: by the path or a suffix of it, then a helper's
+  parameter or a nested dict's field of its name, then its parent's meaning."""
   parts = path.split(".")
-  for i in range(len(parts)):
-    m = meanings.get(".".join(parts[i:]))
-    if m:
-      return m
+  leaf = parts[-1]
+  for key in [".".join(parts[i:]) for i in range(len(parts))] + [f"(){leaf}", f"*{leaf}"]:
+    if meanings.get(key):
+      return meanings[key]
   for j in range(len(parts) - 1, 0, -1):
-    m = meanings.get(".".join(parts[:j])) or meanings.get(parts[j - 1])
+    m = meanings.get(".".join(parts[:j])) or meanings.get(f"*{parts[j - 1]}")
     if m:
       return m
   return ""
@@ -241,9 +254,13 @@ def _config_spec(fv, argv: Sequence[str]) -> Optional[str]:
   for a in argv:
     if a.startswith("--config="):
       return a.split("=", 1)[1]
-  if "config" in fv and fv["config"].default is not None:
-    return fv["config"].default if isinstance(fv["config"].default, str) else None
-  return None
+  if "config" not in fv:
+    return None
+  try:
+    return fv["config"].config_filename
+  except Exception:  # pylint: disable=broad-except
+    text = (getattr(fv["config"], "default_as_str", None) or "").strip("'\"")
+    return text if text and text != "None" else None
 
 
 def help_text(doc: str, fv, own: Sequence[str], argv: Sequence[str]) -> str:

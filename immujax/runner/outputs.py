@@ -26,16 +26,20 @@ def _umask() -> int:
 def atomic_write(path, write: Callable[[Any], None]) -> None:
   """Calls ``write(f)`` on a temporary file beside ``path``, then renames it to ``path``."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  tmp = None
   try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
       write(f)
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    if tmp is not None and os.path.exists(tmp):
       os.unlink(tmp)
+    if isinstance(e, OSError) and e.errno and e.strerror:
+      # Name the file the caller asked for, not the temporary one.
+      raise type(e)(e.errno, e.strerror, str(path)) from e
     raise
 
 

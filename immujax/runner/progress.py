@@ -21,7 +21,7 @@ def fmt_seconds(s: float) -> str:
 
 
 class ProgressPrinter:
-  """Prints one line per chunk to ``stream``: a bar, steps, elapsed, ETA, ``summarize(metrics)``.
+  """Prints one line per chunk with ``echo`` (default: stdout): a bar, steps, elapsed, ETA, ``summarize(metrics)``.
 
   Before the first chunk (:func:`immujax.runner.loop.run_chunked` calls :meth:`start`) it
   says whether the run starts fresh or resumes, and that the first chunk compiles, so
@@ -30,14 +30,14 @@ class ProgressPrinter:
   ``wall_time`` is the whole run's wall time so far (earlier, killed processes included).
   """
 
-  def __init__(self, label: str, summarize=None, stream=None):
+  def __init__(self, label: str, summarize=None, echo=None):
     self.label, self.summarize = label, summarize
-    self.stream = sys.stdout if stream is None else stream
+    self.echo = echo or (lambda text: print(text, file=sys.stdout, flush=True))
     self.start_time = time.perf_counter()
     self.wall_time = math.nan
 
   def _print(self, text: str) -> None:
-    print(f"[{self.label}] {text}", file=self.stream, flush=True)
+    self.echo(f"[{self.label}] {text}")
 
   def start(self, p: loop.Progress) -> None:
     self.wall_time = p.wall_time
@@ -65,4 +65,4 @@ class ProgressPrinter:
 
 def printer(echo, label: str, summarize=None):
   """A :class:`ProgressPrinter` when ``echo`` (the binary's print function) is given, else None."""
-  return None if echo is None else ProgressPrinter(label, summarize)
+  return None if echo is None else ProgressPrinter(label, summarize, echo)

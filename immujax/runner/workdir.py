@@ -111,7 +111,7 @@ def next_aside(workdir) -> pathlib.Path:
 
 
 def _check_resume(workdir: pathlib.Path, old_bytes: bytes, config: dict,
-                  provenance: Optional[dict], resumable: bool) -> str:
+                  provenance: Optional[dict], resumable: bool, defaults: dict) -> str:
   try:
     old = json.loads(old_bytes)
     if not isinstance(old, dict):
@@ -119,9 +119,12 @@ def _check_resume(workdir: pathlib.Path, old_bytes: bytes, config: dict,
   except ValueError as e:
     raise ValueError(f"--workdir {workdir}: config.json is not valid JSON ({e}); "
                      f"{_ways_out(workdir)}.") from e
-  if resumable and old.get("config") != config:
-    new, was = config, old.get("config") or {}
-    changed = sorted(k for k in set(was) | set(new) if was.get(k) != new.get(k))
+  missing = object()
+  was = old.get("config") or {}
+  # A field added to the config after the run was written counts as its default then.
+  changed = sorted(k for k in set(was) | set(config)
+                   if was.get(k, defaults.get(k, missing)) != config.get(k))
+  if resumable and changed:
     raise ValueError(f"--workdir {workdir} holds a run with a different config (changed: "
                      f"{changed}); {_ways_out(workdir)}.")
   old_data = (old.get("provenance") or {}).get("data")
@@ -137,7 +140,7 @@ def _check_resume(workdir: pathlib.Path, old_bytes: bytes, config: dict,
 
 def claim(workdir, config: dict, *, provenance: Optional[dict] = None,
           extra: Optional[dict] = None, resumable: bool = True,
-          move_aside: bool = False) -> Claim:
+          move_aside: bool = False, defaults: Optional[dict] = None) -> Claim:
   """Checks ``workdir`` against this run and records the run in ``workdir/config.json``.
 
   Args:
@@ -149,6 +152,8 @@ def claim(workdir, config: dict, *, provenance: Optional[dict] = None,
     resumable: False for binaries that recompute everything on a rerun (evaluate, attack
       suite): a different config is then allowed, other data are not.
     move_aside: rename a run already in the workdir to :func:`next_aside` and start afresh.
+    defaults: the config file's defaults; a field missing from an older run's config.json
+      (added to the config since) matches when this run leaves it at its default.
 
   Returns:
     The :class:`Claim` (``resumed`` tells whether the workdir held this run already).
@@ -168,7 +173,7 @@ def claim(workdir, config: dict, *, provenance: Optional[dict] = None,
   note, resumed = "", False
   if old_bytes is not None and holds_run(workdir):
     note = _check_resume(workdir, old_bytes, outputs.to_jsonable(config), provenance,
-                         resumable)
+                         resumable, outputs.to_jsonable(defaults or {}))
     resumed = resumable
   created = None
   for d in (workdir, *workdir.parents):
@@ -195,26 +200,38 @@ def kept() -> list[pathlib.Path]:
 
 
 def release() -> None:
-  """Restores every claimed workdir in which nothing was saved since the claim."""
+  """Restores every claimed workdir in which nothing was saved since the claim.
+
+  Best effort: a file it cannot restore is left as it is (the error that ended the run is
+  the one to report).
+  """
   while _CLAIMS:
     c = _CLAIMS.pop()
-    if _saved_since(c):
-      continue   # a checkpoint or an output was written: keep everything
-    if c.moved_to is not None:
-      shutil.rmtree(c.workdir, ignore_errors=True)
-      c.moved_to.rename(c.workdir)
-      continue
-    if c.created is not None:
-      shutil.rmtree(c.created, ignore_errors=True)
-      continue
-    path = c.workdir / "config.json"
-    if c.old_config is None:
-      path.unlink(missing_ok=True)
-    elif not path.is_file() or path.read_bytes() != c.old_config:
-      outputs.write_bytes(path, c.old_config)
-    ckpt_dir = c.workdir / "checkpoints"
-    if not c.checkpoints_existed and ckpt_dir.is_dir():
-      shutil.rmtree(ckpt_dir, ignore_errors=True)
+    try:
+      _restore(c)
+    except OSError:
+      pass
+
+
+def _restore(c: Claim) -> None:
+  if _saved_since(c):
+    return   # a checkpoint or an output was written: keep everything
+  if c.moved_to is not None:
+    shutil.rmtree(c.workdir, ignore_errors=True)
+    c.moved_to.rename(c.workdir)
+    return
+  if c.created is not None:
+    shutil.rmtree(c.created, ignore_errors=True)
+    return
+  path = c.workdir / "config.json"
+  if c.old_config is None:
+    if path.is_file():
+      path.unlink()
+  elif not path.is_file() or path.read_bytes() != c.old_config:
+    outputs.write_bytes(path, c.old_config)
+  ckpt_dir = c.workdir / "checkpoints"
+  if not c.checkpoints_existed and ckpt_dir.is_dir():
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
 def forget() -> None:

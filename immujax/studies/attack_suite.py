@@ -544,34 +544,45 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, settings: Callable[[int], di
   if isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1:
     raise ValueError(f"--max_pairs={max_pairs!r} must be a positive integer.")
   t_start = time.perf_counter()
-  datasets = []
-  if recompute_config is not None:
-    datasets.append(recompute_house(data_dir, recompute_config, echo=echo))
+  datasets, records = [], {}
+  if recompute_config is not None:   # trained after the claim: only the data are loaded here
+    if data_dir is None or not pathlib.Path(data_dir).is_dir():
+      raise ValueError(
+          f"--recompute needs the house-price data (got {data_dir}); pass "
+          "--data_dir=<directory with D1.csv/D2.csv or train.csv>, e.g. "
+          "--data_dir=../shared/data/house_price.")
+    house, records["house"] = house_price.load(data_dir, recompute_config.n_train)
+    d_ins = [house.x_p.shape[1]]
   elif house_workdir:
     datasets.append(house_dataset(house_price.load_workdir(house_workdir, data_dir)))
   if mnist_workdir:
     datasets.append(load_mnist_workdir(mnist_workdir, max_pairs=max_pairs,
                                        mnist_dir=mnist_dir))
+  if recompute_config is None:
+    d_ins = []
+  d_ins += [ds.thetas.shape[2] for ds in datasets]
   if check is not None:
-    check(sorted({ds.thetas.shape[2] for ds in datasets}))
-  for ds in datasets:
-    kw = settings(ds.thetas.shape[2])
-    say(f"[attacks] {ds.name}: {len(ds.tasks)} task(s) × {len(ds.index)} extractors + "
-        f"identity, D = {ds.thetas.shape[-1]}, caps {kw['caps']} ({ds.source}; "
-        f"{ds.test_note})")
-  data = {ds.name: ds.data for ds in datasets}
+    check(sorted(set(d_ins)))
+  records.update({ds.name: ds.data for ds in datasets})
   prov = provenance.record({
-      "source": "; ".join(f"{n}: {d['source']}" for n, d in data.items()),
-      "files": [f for d in data.values() for f in d["files"]],
-      "arrays_sha256": fingerprint.arrays_sha256(
-          np.frombuffer("".join(d["arrays_sha256"] for d in data.values()).encode(), np.uint8)),
-      "notes": [n for d in data.values() for n in d["notes"]]})
+      "source": "; ".join(f"{n}: {d['source']}" for n, d in records.items()),
+      "files": [f for d in records.values() for f in d["files"]],
+      "arrays_sha256": fingerprint.arrays_sha256(np.frombuffer(
+          "".join(d["arrays_sha256"] for d in records.values()).encode(), np.uint8)),
+      "notes": [n for d in records.values() for n in d["notes"]]})
   for note in provenance.notes(prov):
     say(f"[attacks] warning: {note}")
   claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, resumable=False,
                             move_aside=move_aside)
   if claim.moved_to:
     say(f"[attacks] moved the old suite aside to {claim.moved_to}")
+  if recompute_config is not None:
+    datasets.insert(0, recompute_house(data_dir, recompute_config, echo=echo))
+  for ds in datasets:
+    kw = settings(ds.thetas.shape[2])
+    say(f"[attacks] {ds.name}: {len(ds.tasks)} task(s) × {len(ds.index)} extractors + "
+        f"identity, D = {ds.thetas.shape[-1]}, caps {kw['caps']} ({ds.source}; "
+        f"{ds.test_note})")
   results = run_suite(datasets, cfg, settings=settings, on_progress=lambda s: say(
       f"[attacks] done {s} ({time.perf_counter() - t_start:.0f} s)"))
   results["config"] = cfg.to_dict()

@@ -487,7 +487,8 @@ def data_record(cfg, data: Optional[dict], mnist_dir, *, imagenet_dir=None, harm
 
 def run(cfg: ml_collections.ConfigDict, workdir, *, mnist_dir: str | None = None,
         imagenet_dir: str | None = None, harmful_dir: str | None = None,
-        weights: str | None = None, move_aside: bool = False, echo: Echo = None) -> dict:
+        weights: str | None = None, move_aside: bool = False, echo: Echo = None,
+        defaults: Optional[dict] = None) -> dict:
   """Runs the experiment of a validated ``cfg``; writes results.json, table.md, the plots.
 
   Every flag is checked (and the stand-in's data loaded) before the workdir is touched.
@@ -507,7 +508,8 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, mnist_dir: str | None = None
                                        harmful_dir=harmful_dir, weights=weights))
   for note in provenance.notes(prov):
     say(f"[deep] warning: {note}")
-  claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside)
+  claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
+                            defaults=defaults)
   if claim.moved_to:
     say(f"[deep] moved the old run aside to {claim.moved_to}")
   if claim.note:

@@ -72,8 +72,11 @@ def _tasks(data):
 
 def run(cfg, workdir, *, data_dir=None, cache_dir=None, max_chunks: Optional[int] = None,
         move_aside: bool = False, echo: Echo = None,
-        clock: Optional[loop.WallClock] = None) -> Optional[dict]:
+        clock: Optional[loop.WallClock] = None, defaults: Optional[dict] = None
+        ) -> Optional[dict]:
   """Trains every method × seed of a validated ``cfg``; writes the workdir.
+
+  ``defaults`` (the config file's values) stand for fields added since an older run.
 
   Returns:
     The results written to ``results.json`` (process 0), else None (other processes, or a
@@ -88,7 +91,8 @@ def run(cfg, workdir, *, data_dir=None, cache_dir=None, max_chunks: Optional[int
   for note in provenance.notes(prov):
     say(f"[house] warning: {note}")
   if main:   # process 0 owns the workdir's files; the others wait for it
-    claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside)
+    claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
+                              defaults=defaults)
     if claim.moved_to:
       say(f"[house] moved the old run aside to {claim.moved_to}")
     if claim.note:

@@ -123,12 +123,14 @@ def table(res: dict, methods, seeds: int) -> str:
 
 def run(cfg, data: evaluation.ProbeData, workdir, *, data_path, move_aside: bool = False,
         max_chunks: Optional[int] = None, echo: Echo = None,
-        clock: Optional[loop.WallClock] = None) -> Optional[dict]:
+        clock: Optional[loop.WallClock] = None, defaults: Optional[dict] = None
+        ) -> Optional[dict]:
   """Immunizes ``data`` with a validated ``cfg``; checkpoints into and writes ``workdir``."""
   clock = clock or loop.WallClock()
   say = echo or (lambda _: None)
   prov = provenance.record(data_record(data, data_path))
-  claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside)
+  claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
+                            defaults=defaults)
   if claim.moved_to:
     say(f"[linear] moved the old run aside to {claim.moved_to}")
   if claim.note:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-import time
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -213,7 +212,8 @@ def restore_runs(workdir):
 def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optional[str] = None,
         devices: Optional[int] = None, max_chunks: Optional[int] = None,
         move_aside: bool = False, layout: str = "", echo: Echo = None,
-        clock: Optional[loop.WallClock] = None) -> Optional[dict]:
+        clock: Optional[loop.WallClock] = None, defaults: Optional[dict] = None
+        ) -> Optional[dict]:
   """Trains every pair × method × seed of a validated ``cfg``; writes the workdir.
 
   Args:
@@ -226,6 +226,7 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     layout: how the device layout was chosen (for the provenance).
     echo: prints a line (process 0 only); None: silent.
     clock: the run's wall clock (default: started now).
+    defaults: the config file's values (fields added since an older run count as these).
 
   Returns:
     The results written to ``results.json`` (process 0), or None (other processes, or a run
@@ -255,7 +256,7 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     say(f"[mnist] warning: {note}")
   if main:   # process 0 owns the workdir's files; the others wait for it
     claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
-                              extra={"mnist_dir": mnist_dir, "tfds_data_dir": tfds_data_dir})
+                              defaults=defaults, extra={"mnist_dir": mnist_dir, "tfds_data_dir": tfds_data_dir})
     if claim.moved_to:
       say(f"[mnist] moved the old run aside to {claim.moved_to}")
     if claim.note:
@@ -461,8 +462,7 @@ def heatmap_figure(r: dict, title: str):
   vmax = float(np.nanmax(np.abs(signed))) if finite.any() else 1.0
   vmax = vmax if vmax > 0 else 1.0
   fig, ax = plt.subplots(figsize=(5.8, 4.8))
-  cmap = plt.get_cmap("RdBu").copy()
-  cmap.set_bad("white")
+  cmap = plt.get_cmap("RdBu").with_extremes(bad="white")
   im = ax.imshow(np.ma.masked_invalid(signed), cmap=cmap, vmin=-vmax, vmax=vmax)
   for p in range(10):
     for h in range(10):
