@@ -5,12 +5,12 @@ whose steps to a tolerance grow like κ. Budgets adapt: every attacker runs in a
 ``lax.while_loop`` until it reaches every ε on θ = I and on θ, or until its cap. A cell whose
 run hit the cap is reported as a bound with the cap.
 
-Caps: ``caps_small`` for D_in ≤ 100 (house prices: κ(K_H) ≈ 2·10⁵ needs ≈ 10⁶ GD steps on
-the identity, and the immunized extractors κ × 20 more), ``caps_large`` above (MNIST; at
-D_in = 784 sized so that the whole suite stays within minutes on a CPU). Adam is
-coordinate-wise, so it runs on the dense D × D Hessian (O(D²) per step) and gets a smaller
-cap; with a constant learning rate it also stalls at a noise floor, so its cap is usually a
-bound.
+Caps: ``caps_small`` for D_in ≤ 100 (house prices: ill-conditioned enough that GD on the
+identity needs caps this large, and the immunized extractors κ-times more; BUILD_NOTES has
+the numbers), ``caps_large`` above (MNIST; sized so that the whole suite stays within minutes
+on a CPU). Adam is coordinate-wise, so it runs on the dense D × D Hessian (O(D²) per step)
+and gets a smaller cap; with a constant learning rate it also stalls at a noise floor, so its
+cap is usually a bound.
 
 Usage: ``--config=experiments/configs/attack_suite.py`` (or ``:quick``); override e.g.
 ``--config.caps_small.default=100000000 --config.attackers=gd_line_search,cg``.

@@ -41,12 +41,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def ignored(c: ml_collections.ConfigDict) -> dict:
   """Fields this configuration does not use (setting them on the command line is an error)."""
-  out = {}
-  if "imma" not in tuple(c.methods):
-    out["imma_steps"] = "--config.methods has no imma"
-  if not set(c.methods) - {"ours"}:
-    out["precondition_baselines"] = "--config.methods has no baseline"
-  return out
+  from immujax.runner import validate as v  # pylint: disable=g-import-not-at-top
+  return v.run_fields_ignored(c)
 
 
 def validate(c: ml_collections.ConfigDict, overrides: dict | None = None) -> None:

@@ -52,7 +52,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # The paper's λ's are unknown. A sweep on 9 of the 90 pairs, then full runs of three
     # settings (BUILD_NOTES, "MNIST at paper scale"): c = 0.9 with equal norms was best.
     c.step_scale = 0.9
-    c.task_batch = 10        # all 360 runs at D = 784 at once do not fit in 24 GB (measured)
+    c.task_batch = 10        # all 360 runs at D = 784 at once run out of memory (BUILD_NOTES)
     if variant == "paper_ours":
       c.methods = ("ours",)
       c.task_batch = 0       # all 90 runs fit (BUILD_NOTES has the peak memory)
@@ -69,11 +69,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def ignored(c: ml_collections.ConfigDict) -> dict:
   """Fields this configuration does not use (setting them on the command line is an error)."""
-  out = {}
-  if "imma" not in tuple(c.methods):
-    out["imma_steps"] = "--config.methods has no imma"
-  if not set(c.methods) - {"ours"}:
-    out["precondition_baselines"] = "--config.methods has no baseline"
+  from immujax.runner import validate as v  # pylint: disable=g-import-not-at-top
+  out = v.run_fields_ignored(c)
   if not c.roots:
     out["eig_solver"] = "--config.roots=False runs every step with a full eigh"
     out["eig_exact_methods"] = out["eig_solver"]

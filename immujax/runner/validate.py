@@ -95,6 +95,17 @@ def run_fields(c, prefix: str = "--config.") -> None:
   choice(c.init, f"{prefix}init", ("orthogonal", "identity", "torch_default"))
 
 
+def run_fields_ignored(c) -> dict:
+  """The shared run fields a linear study's config ignores: ``imma_steps`` without IMMA,
+  ``precondition_baselines`` without a baseline (for :func:`no_ignored_overrides`)."""
+  out = {}
+  if "imma" not in tuple(c.methods):
+    out["imma_steps"] = "--config.methods has no imma"
+  if not set(c.methods) - {"ours"}:
+    out["precondition_baselines"] = "--config.methods has no baseline"
+  return out
+
+
 def no_ignored_overrides(overrides: Mapping[str, Any], ignored: Mapping[str, str],
                          prefix: str = "--config.") -> None:
   """Refuses a field the user set on the command line that this configuration ignores.

@@ -152,6 +152,9 @@ def load_extractor(path, *, pair=None):
                      "extractors.npz, config.json or checkpoints/); run the binary to the end "
                      "first.")
   cfg = json.loads(cfg_path.read_text()).get("config", {})
+  if "loss" in cfg:             # an unfinished experiments.linear workdir
+    raise ValueError(f"--extractor={str(path)!r} is an experiments.linear workdir without "
+                     "extractors.npz: rerun experiments.linear on it to finish (it resumes).")
   if "n_per_digit" in cfg:      # an experiments.mnist_pairs workdir
     thetas, labels, pair, mcfg = _mnist_workdir_extractors(path, pair)
     return thetas, labels, {"data": "mnist", "pair": pair, "mcfg": mcfg}
