@@ -15,19 +15,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.methods = ("ours", "r_ill_only", "opt_kappa", "imma")  # methods to run (comma-separated)
   c.seeds = 5                # seeds per method (θ0 and nothing else differs)
-  c.n_train = 200            # authors' code: the first 200 rows of each split
-  c.learning_rate = 0.005    # paper, Sec. 6.1
+  c.n_train = 200            # training rows of D1 and D2 (the authors': the first 200)
+  c.learning_rate = 0.005    # η of gradient descent (paper, Sec. 6.1)
   c.steps = 1000             # full-batch GD steps (Alg. 1 is full-batch)
   c.chunk_steps = 100        # compiled steps between progress lines / checkpoints
   # Balancing (paper: "by balancing the gradient norm of R_well and R_ill"): the R_well step
   # is `step_scale` of its stability limit (Thm 4.3(1)) and every other term's direction is
   # scaled to the same norm at θ0 (immunize.balanced_weights).
-  c.step_scale = 0.2
-  c.clip_factor = 1.0        # cap each run's update norm at its first step's norm
+  c.step_scale = 0.2         # R_well step as a fraction of its stability limit (balancing)
+  c.clip_factor = 1.0        # cap each run's update norm at this × its first step's norm
   c.imma_steps = 5           # IMMA's unrolled line-search attacker steps
   c.init = "orthogonal"      # Haar θ0: κ-neutral, RIR(θ0) = 1 exactly
   c.precondition_baselines = False  # K⁻¹-precondition the baselines' steps too
-  c.attack_steps = 100       # Fig. 1: GD with exact line search
+  c.attack_steps = 100       # steps of Fig. 1's attacker (GD with exact line search)
   c.kappa = "pinv"           # κ of the evaluation: smallest non-zero singular value (Eq. 1)
   if variant == "quick":
     c.seeds = 2

@@ -167,7 +167,7 @@ _PARAM = re.compile(r"^\s*(?:def \w+\()?\s*(?:\*,\s*)?(\w+)\s*[,=)]")
 
 
 def field_meanings(source: str) -> dict[str, str]:
-  """``{field path: meaning}`` from the comments of a config file's source.
+  r"""``{field path: meaning}`` from the comments of a config file's source.
 
   A field's meaning is the comment on the line that sets it (``c.steps = 30  # meaning``,
   ``steps=30,  # meaning`` inside ``ConfigDict(dict(...))``, ``"steps": 30,  # meaning``, a
@@ -184,10 +184,10 @@ def field_meanings(source: str) -> dict[str, str]:
   above: list[str] = []
   prefix, depth = "", 0
   for line in source.splitlines():
-    code, _, comment = line.partition("  #")
-    if not code.strip() and line.strip().startswith("#"):
+    if line.strip().startswith("#"):
       above.append(line.strip().lstrip("#").strip())
       continue
+    code, _, comment = line.partition("  #")
     comment = comment.strip().lstrip("#").strip()
     meaning = comment or (above[0] if above else "")
     above = []
