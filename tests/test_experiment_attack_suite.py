@@ -129,6 +129,7 @@ def test_quick_recompute_writes_all_outputs(tmp_path, house_dir):
   assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.xdist_group("mnist_quick")
 def test_load_mnist_workdir_rebuilds_each_pairs_probes():
   # The MNIST route of the suite on a finished quick mnist_pairs run: pooled tasks are
   # unpooled into each pair's own D_P probe, the harmful inputs are rebuilt and checked, and

@@ -5,6 +5,7 @@ import pathlib
 import shutil
 
 import numpy as np
+import pytest
 
 from tests.binaries import CONFIGS
 from tests.binaries import house_quick
@@ -14,6 +15,7 @@ from tests.binaries import run_ok
 QUICK = f"--config={CONFIGS / 'house_price.py'}:quick"
 
 
+@pytest.mark.xdist_group("house_quick")
 def test_quick_run_writes_results_and_resume_after_kill_is_identical(tmp_path, house_dir):
   full = house_quick(str(house_dir))
   stdout = (full.parent / "house.stdout").read_text()
@@ -49,6 +51,7 @@ def test_quick_run_writes_results_and_resume_after_kill_is_identical(tmp_path, h
       np.testing.assert_array_equal(resumed["methods"][m][key], res["methods"][m][key])
 
 
+@pytest.mark.xdist_group("house_quick")
 def test_changed_data_is_noted_refused_on_resume_and_moved_aside(tmp_path, house_dir):
   data = tmp_path / "data"
   data.mkdir()

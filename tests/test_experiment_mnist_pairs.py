@@ -26,6 +26,7 @@ def _run_sharded(workdir, *extra, devices=4):
   return out.stdout
 
 
+@pytest.mark.xdist_group("mnist_quick")
 def test_quick_sweep_layout_resume_and_sharding(tmp_path):
   full = mnist_quick()   # in this process; the resume below reuses its compiled chunks
   res = json.loads((full / "results.json").read_text())

@@ -90,6 +90,7 @@ def test_disabled_writer_writes_nothing(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.xdist_group("house_quick")
 def test_house_binary_writes_events_and_one_record_per_step(house_dir):
   w = house_quick(str(house_dir))   # the binary, in this process (shared with other tests)
   steps = json.loads((w / "config.json").read_text())["config"]["steps"]
