@@ -32,12 +32,9 @@ def define(d: cli.Definer) -> None:
            "extractors are attacked.")
   d.boolean("recompute", False, "Train house-price extractors in-process (the 'quick' "
             "variant of experiments/configs/house_price.py) instead of --house_workdir.")
-  d.string("data_dir", None, "House-price data: directory with D1.csv/D2.csv or train.csv "
-           "(default: $IMMUJAX_HOUSE_DIR, $IMMUJAX_DATA_DIR/house_price, or the data_dir "
-           "recorded in --house_workdir's results.json).")
-  d.string("mnist_dir", None, "MNIST IDX folder whose test split (t10k) is the held-out data "
-           "(default $IMMUJAX_MNIST_DIR, $IMMUJAX_DATA_DIR/mnist; without it, the sample "
-           "images the run did not draw, if any).")
+  d.house_dir("House-price data. ", ", else the one recorded in --house_workdir")
+  d.mnist_dir("MNIST IDX folder whose test split (t10k) is the held-out data",
+              "; without it, the sample images the run did not draw, if any")
   d.boolean("rebuild", False, "Only recompute the fine-tuning blocks, table.md and the plot "
             "from --workdir/results.json (no attack is rerun).")
   d.integer("max_pairs", None, "MNIST: attack only the first N digit pairs (default: "

@@ -33,10 +33,8 @@ def define(d: cli.Definer) -> None:
   d.workdir()
   d.enum("kind", "auto", ["auto", "classification", "regression"],
          "Probe task: classification ({0,1} targets, accuracy) or regression (R²); auto infers.")
-  d.string("data_dir", None, "--data=house: directory with D1.csv/D2.csv or train.csv "
-           "(default $IMMUJAX_HOUSE_DIR, $IMMUJAX_DATA_DIR/house_price).")
-  d.string("mnist_dir", None, "--data=mnist: the MNIST IDX folder (default $IMMUJAX_MNIST_DIR, "
-           "$IMMUJAX_DATA_DIR/mnist, else the embedded sample).")
+  d.house_dir("--data=house: ")
+  d.mnist_dir("--data=mnist: the MNIST IDX folder", ", else the embedded sample")
   d.string("pair", None, "--data=mnist: the digit pair 'p,h' (default: the workdir's first "
            "pair, or 0,1).")
 

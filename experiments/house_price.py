@@ -23,8 +23,7 @@ from immujax.runner import workdir
 def define(d: cli.Definer) -> None:
   d.config(str(pathlib.Path(__file__).parent / "configs" / "house_price.py"))
   d.workdir()
-  d.string("data_dir", None, "Directory with D1.csv/D2.csv or Kaggle's train.csv (default: "
-           "$IMMUJAX_HOUSE_DIR or $IMMUJAX_DATA_DIR/house_price).")
+  d.house_dir()
   d.string("cache_dir", None, "Without a data directory: download OpenML house_prices (id "
            "42165) into this folder and read it from there.")
   d.max_chunks()

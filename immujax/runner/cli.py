@@ -73,6 +73,16 @@ class Definer:
                  "If --workdir already holds a run, rename it to WORKDIR.old-N (nothing is "
                  "deleted) and start afresh, instead of resuming it or refusing.")
 
+  def house_dir(self, usage: str = "", also: str = "") -> None:
+    """``--data_dir``: the house-price data (its environment defaults: :func:`data_dir`)."""
+    self.string("data_dir", None, f"{usage}Directory with D1.csv/D2.csv or Kaggle's train.csv "
+                f"(default: $IMMUJAX_HOUSE_DIR, else $IMMUJAX_DATA_DIR/house_price{also}).")
+
+  def mnist_dir(self, usage: str, also: str = "") -> None:
+    """``--mnist_dir``: the MNIST IDX folder (its environment defaults: :func:`data_dir`)."""
+    self.string("mnist_dir", None, f"{usage} (default: $IMMUJAX_MNIST_DIR, else "
+                f"$IMMUJAX_DATA_DIR/mnist{also}).")
+
   def max_chunks(self) -> None:
     self.integer("max_chunks", None,
                  "Stop after this many chunks, as if killed (for resume tests).")

@@ -92,6 +92,11 @@ class Claim:
   resumed: bool = False                      # the workdir held this very run
   note: str = ""                             # e.g. an old workdir without a fingerprint
 
+  def messages(self, label: str) -> list[str]:
+    """What a binary tells the user about the claim (moved aside, an unchecked old run)."""
+    return ([f"[{label}] moved the old run aside to {self.moved_to}"] if self.moved_to
+            else []) + ([f"[{label}] note: {self.note}"] if self.note else [])
+
 
 _CLAIMS: list[Claim] = []
 

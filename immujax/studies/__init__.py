@@ -7,7 +7,7 @@
 :mod:`.evaluate`              one report for any extractor: inputs, report, plots
 :mod:`.attack_suite`          every attacker against the extractors of a workdir
 :mod:`.deep_nets`             deep nets (Table 3): the CPU stand-in and the paper-scale run
-:mod:`.tables`                shared formatting: method names, mean ± std, median [range]
+:mod:`.tables`                shared formatting: method names, mean ± std
 ============================  ================================================================
 
 Each study's ``run(...)`` is handed the config, the paths and an ``echo`` function for its

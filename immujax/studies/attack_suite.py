@@ -574,8 +574,8 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, settings: Callable[[int], di
     say(f"[attacks] warning: {note}")
   claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, resumable=False,
                             move_aside=move_aside)
-  if claim.moved_to:
-    say(f"[attacks] moved the old suite aside to {claim.moved_to}")
+  for line in claim.messages("attacks"):
+    say(line)
   if recompute_config is not None:
     datasets.insert(0, recompute_house(data_dir, recompute_config, echo=echo))
   for ds in datasets:

@@ -510,10 +510,8 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, mnist_dir: str | None = None
     say(f"[deep] warning: {note}")
   claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
                             defaults=defaults)
-  if claim.moved_to:
-    say(f"[deep] moved the old run aside to {claim.moved_to}")
-  if claim.note:
-    say(f"[deep] note: {claim.note}")
+  for line in claim.messages("deep"):
+    say(line)
   if cfg.stand_in:
     out = run_stand_in(cfg, workdir, data, echo=echo)
   else:

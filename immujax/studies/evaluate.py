@@ -305,8 +305,8 @@ def run(cfg, workdir, *, extractor: str, data: str, kind=None, data_dir=None, mn
     say(f"[evaluate] warning: {note}")
   claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, resumable=False,
                             move_aside=move_aside)
-  if claim.moved_to:
-    say(f"[evaluate] moved the old report aside to {claim.moved_to}")
+  for line in claim.messages("evaluate"):
+    say(line)
   workdir = pathlib.Path(workdir)
   say(f"[evaluate] {len(labels)} extractor(s) {thetas.shape[1:]} on {data} ({probe.kind}); "
       f"caps {kwargs['caps']}")

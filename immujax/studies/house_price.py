@@ -93,10 +93,8 @@ def run(cfg, workdir, *, data_dir=None, cache_dir=None, max_chunks: Optional[int
   if main:   # process 0 owns the workdir's files; the others wait for it
     claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
                               defaults=defaults)
-    if claim.moved_to:
-      say(f"[house] moved the old run aside to {claim.moved_to}")
-    if claim.note:
-      say(f"[house] note: {claim.note}")
+    for line in claim.messages("house"):
+      say(line)
   distributed.barrier("house_price: workdir claimed")
   workdir = pathlib.Path(workdir)
   task, tasks = _tasks(data)

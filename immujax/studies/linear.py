@@ -131,10 +131,8 @@ def run(cfg, data: evaluation.ProbeData, workdir, *, data_path, move_aside: bool
   prov = provenance.record(data_record(data, data_path))
   claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
                             defaults=defaults)
-  if claim.moved_to:
-    say(f"[linear] moved the old run aside to {claim.moved_to}")
-  if claim.note:
-    say(f"[linear] note: {claim.note}")
+  for line in claim.messages("linear"):
+    say(line)
   workdir = pathlib.Path(workdir)
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints")
   res = immunize_features(data, cfg, checkpointer=ckpt, echo=echo, clock=clock,

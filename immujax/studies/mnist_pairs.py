@@ -257,10 +257,8 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   if main:   # process 0 owns the workdir's files; the others wait for it
     claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
                               defaults=defaults, extra={"mnist_dir": mnist_dir, "tfds_data_dir": tfds_data_dir})
-    if claim.moved_to:
-      say(f"[mnist] moved the old run aside to {claim.moved_to}")
-    if claim.note:
-      say(f"[mnist] note: {claim.note}")
+    for line in claim.messages("mnist"):
+      say(line)
   distributed.barrier("mnist_pairs: workdir claimed")
   workdir = pathlib.Path(workdir)
   methods = tuple(cfg.methods)

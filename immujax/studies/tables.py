@@ -1,4 +1,4 @@
-"""Formatting shared by the studies' tables: method names, mean ± std, median [range]."""
+"""Formatting shared by the studies' tables: method names, mean ± std."""
 
 from __future__ import annotations
 
@@ -36,22 +36,6 @@ def fmt_pm(values, digits: int = 4) -> str:
   if v.size == 1:
     return f"{m:.{digits}g}"
   return f"{m:.{digits}g} ± {s:.{digits}g}"
-
-
-def fmt_median_range(values, digits: int = 3) -> str:
-  """``"median [min–max]"`` of the finite values, the value alone when there is one.
-
-  Example:
-    >>> fmt_median_range([1.0, 2.0, 10.0]), fmt_median_range([4.0])
-    ('2 [1–10]', '4')
-  """
-  v = np.asarray(values, dtype=float).ravel()
-  v = v[np.isfinite(v)]
-  if v.size == 0:
-    return "—"
-  if v.size == 1 or v.min() == v.max():
-    return f"{v[0]:.{digits}g}"
-  return f"{np.median(v):.{digits}g} [{v.min():.{digits}g}–{v.max():.{digits}g}]"
 
 
 def rows_of(index: Sequence, method: str) -> list[int]:
