@@ -96,6 +96,14 @@ def _state_prefixes(paths) -> list[str]:
   return sorted(o for o in out if any(q == (o + "/step" if o else "step") for q in paths))
 
 
+def _like_placement(restored, like):
+  """``restored`` placed like ``like``: an uncommitted array (a fresh run's state) stays
+  uncommitted, so a resumed run hits the chunk program the fresh run compiled."""
+  if isinstance(like, jax.Array) and not like.committed and isinstance(restored, jax.Array):
+    return jax.numpy.asarray(np.asarray(restored))
+  return restored
+
+
 class LayoutError(ValueError):
   """A checkpoint of a layout this immujax cannot restore (one line: versions, way out)."""
 
@@ -146,12 +154,13 @@ class Checkpointer:
     return f"checkpoint step {step} under {self.directory}"
 
   def layout_version(self, step: int, saved: dict, wanted: dict) -> int:
-    """The ``State`` layout version of ``step`` (recorded, or recognized by its tree)."""
+    """The ``State`` layout version of ``step``: this run's when the trees agree, else the
+    recorded one, else recognized by its tree (a ``State`` without ``basis``: version 1)."""
+    if set(saved) == set(wanted):
+      return STATE_VERSION     # the same tree as this run's (or no State in it): nothing to do
     recorded = (self.restore_metadata(step) or {}).get("layout_version")
     if recorded is not None:
       return int(recorded)
-    if set(saved) == set(wanted):
-      return STATE_VERSION     # the same tree as this run's: nothing to migrate
     prefixes = _state_prefixes(saved)
     if prefixes and any(not any(p.startswith((pre + "/" if pre else "") + "basis/")
                                 for p in saved) for pre in prefixes):
@@ -186,12 +195,13 @@ class Checkpointer:
           f"{self._where(step)} has state layout version {version}, written by a newer "
           f"immujax; this one reads version {STATE_VERSION}. Upgrade immujax to resume it.")
     if version < STATE_VERSION:
-      return self._migrate(step, version, abstract, wanted)
+      return self._migrate(step, version, abstract, wanted, like)
     self._check_tree(step, saved, wanted, version)
     args = {"state": ocp.args.StandardRestore(abstract)}
     if self.restore_metadata(step) is not None:
       args["metadata"] = ocp.args.JsonRestore()   # restored together: no "not restored" warning
-    return self._manager.restore(step, args=ocp.args.Composite(**args))["state"]
+    restored = self._manager.restore(step, args=ocp.args.Composite(**args))["state"]
+    return jax.tree.map(_like_placement, restored, like)
 
   def _check_tree(self, step: int, saved: dict, wanted: dict, version: int) -> None:
     missing = sorted(set(wanted) - set(saved))
@@ -212,7 +222,7 @@ class Checkpointer:
             "with the same number of devices in total (processes × devices per process), or "
             "use a fresh --workdir.")
 
-  def _migrate(self, step: int, version: int, abstract: Any, wanted: dict) -> Any:
+  def _migrate(self, step: int, version: int, abstract: Any, wanted: dict, like: Any) -> Any:
     for v in range(version, STATE_VERSION):
       what, fn = STATE_MIGRATIONS[v]
       if fn is None:
@@ -233,7 +243,7 @@ class Checkpointer:
       if getattr(a, "sharding", None) is None:
         return host
       return jax.make_array_from_callback(a.shape, a.sharding, lambda idx: host[idx])
-    return jax.tree_util.tree_map_with_path(place, abstract)
+    return jax.tree.map(_like_placement, jax.tree_util.tree_map_with_path(place, abstract), like)
 
   def close(self) -> None:
     self._manager.close()
