@@ -1,7 +1,6 @@
 """End-to-end tests of experiments/house_price.py (quick config, real data): resume, and a
 rerun on changed data (issue 16's first case: refused, then moved aside)."""
 import json
-import pathlib
 import shutil
 
 import numpy as np

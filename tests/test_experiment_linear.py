@@ -1,7 +1,6 @@
 """Tests of experiments/linear.py: immunize user features (checkpointed per chunk, resumable),
 then evaluate the workdir."""
 import json
-import pathlib
 
 import numpy as np
 

@@ -5,7 +5,6 @@ import os
 import pathlib
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -149,10 +148,6 @@ def test_mnist_files_compare_by_content(tmp_path, mnist_dir):
 # ------------------------------------------------------------------ versioned checkpoints
 
 
-class _S(tuple):
-  pass
-
-
 def test_saves_record_the_layout_version_and_restore_is_quiet(tmp_path, caplog):
   ckpt = checkpoints.Checkpointer(tmp_path / "c")
   ckpt.save(1, {"theta": jnp.ones((2, 3))}, metadata={"step": 1})
@@ -174,7 +169,6 @@ def test_restore_refuses_other_shapes_and_trees_in_one_line(tmp_path):
 
 def test_one_migration_entry_adds_a_state_field(tmp_path, monkeypatch):
   """What issue 20 will do: State gains a field; old checkpoints migrate with one entry."""
-  from immujax import immunize
   state = {"params": {"theta": jnp.ones((3, 4, 2))}, "opt_state": jnp.zeros(3),
            "step": jnp.zeros(3, jnp.int32)}
   ckpt = checkpoints.Checkpointer(tmp_path / "c")
@@ -190,7 +184,6 @@ def test_one_migration_entry_adds_a_state_field(tmp_path, monkeypatch):
   np.testing.assert_array_equal(out["state"][0]["head2"], np.full((3, 2), 7.0))
   np.testing.assert_array_equal(out["state"][0]["params"]["theta"], np.ones((3, 4, 2)))
   np.testing.assert_array_equal(out["other"], np.arange(3.0))
-  del immunize
 
 
 def _fixture(tmp_path, name):

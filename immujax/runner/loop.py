@@ -126,3 +126,24 @@ def run_chunked(chunk_fn: Callable[[Any, int], tuple[Any, Any]], state: Any, *,
       on_progress(Progress(now, total_steps, elapsed, rate * (total_steps - now), metrics,
                            start, clock.total(), bound))
   return state, history
+
+
+def run_in_workdir(chunk_fn: Callable[[Any, int], tuple[Any, Any]], state: Any, workdir, *,
+                   total_steps: int, chunk_steps: int, max_chunks: int | None = None,
+                   on_progress: Callable[[Progress], None] | None = None,
+                   clock: WallClock | None = None, say: Callable[[str], None] | None = None):
+  """:func:`run_chunked` checkpointed under ``workdir/checkpoints``; the final state, or None
+  when ``max_chunks`` stopped it early (as if killed: rerunning resumes)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  total = total_steps if max_chunks is None else min(total_steps, max_chunks * chunk_steps)
+  ckpt = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  try:
+    state, _ = run_chunked(chunk_fn, state, total_steps=total, chunk_steps=chunk_steps,
+                           checkpointer=ckpt, on_progress=on_progress, clock=clock)
+  finally:
+    ckpt.close()
+  if total < total_steps:
+    if say is not None:
+      say(f"stopped after {total} steps (--max_chunks); rerun to resume.")
+    return None
+  return state

@@ -194,6 +194,17 @@ def claim(workdir, config: dict, *, provenance: Optional[dict] = None,
   return c
 
 
+def claim_and_tell(workdir, config: dict, *, provenance: dict, label: str, say,
+                   **kwargs) -> Claim:
+  """:func:`claim`, telling the user (``say``) about data notes, a moved-aside run, a note."""
+  for note in (provenance.get("data") or {}).get("notes", []):
+    say(f"[{label}] warning: {note}")
+  c = claim(workdir, config, provenance=provenance, **kwargs)
+  for line in c.messages(label):
+    say(line)
+  return c
+
+
 def _saved_since(c: Claim) -> bool:
   now_outputs = frozenset(n for n in OUTPUTS if (c.workdir / n).is_file())
   return bool(saved_steps(c.workdir) - c.old_steps) or bool(now_outputs - c.old_outputs)

@@ -570,12 +570,8 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, settings: Callable[[int], di
       "arrays_sha256": fingerprint.arrays_sha256(np.frombuffer(
           "".join(d["arrays_sha256"] for d in records.values()).encode(), np.uint8)),
       "notes": [n for d in records.values() for n in d["notes"]]})
-  for note in provenance.notes(prov):
-    say(f"[attacks] warning: {note}")
-  claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, resumable=False,
-                            move_aside=move_aside)
-  for line in claim.messages("attacks"):
-    say(line)
+  workdir_lib.claim_and_tell(workdir, cfg.to_dict(), provenance=prov, label="attacks", say=say,
+                             resumable=False, move_aside=move_aside)
   if recompute_config is not None:
     datasets.insert(0, recompute_house(data_dir, recompute_config, echo=echo))
   for ds in datasets:

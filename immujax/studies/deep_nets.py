@@ -506,12 +506,8 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, mnist_dir: str | None = None
                        weights=weights)
   prov = provenance.record(data_record(cfg, data, mnist_dir, imagenet_dir=imagenet_dir,
                                        harmful_dir=harmful_dir, weights=weights))
-  for note in provenance.notes(prov):
-    say(f"[deep] warning: {note}")
-  claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
-                            defaults=defaults)
-  for line in claim.messages("deep"):
-    say(line)
+  workdir_lib.claim_and_tell(workdir, cfg.to_dict(), provenance=prov, label="deep", say=say,
+                             move_aside=move_aside, defaults=defaults)
   if cfg.stand_in:
     out = run_stand_in(cfg, workdir, data, echo=echo)
   else:

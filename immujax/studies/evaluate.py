@@ -301,12 +301,8 @@ def run(cfg, workdir, *, extractor: str, data: str, kind=None, data_dir=None, mn
       extractor, data, kind=kind, data_dir=data_dir, mnist_dir=mnist_dir, pair=pair)
   kwargs = settings(probe.d_in)
   prov = provenance.record(record)
-  for note in provenance.notes(prov):
-    say(f"[evaluate] warning: {note}")
-  claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, resumable=False,
-                            move_aside=move_aside)
-  for line in claim.messages("evaluate"):
-    say(line)
+  workdir_lib.claim_and_tell(workdir, cfg.to_dict(), provenance=prov, label="evaluate",
+                             say=say, resumable=False, move_aside=move_aside)
   workdir = pathlib.Path(workdir)
   say(f"[evaluate] {len(labels)} extractor(s) {thetas.shape[1:]} on {data} ({probe.kind}); "
       f"caps {kwargs['caps']}")

@@ -88,13 +88,9 @@ def run(cfg, workdir, *, data_dir=None, cache_dir=None, max_chunks: Optional[int
   multi = jax.process_count() > 1
   data, record = load(data_dir, cfg.n_train, cache_dir)
   prov = provenance.record(record)
-  for note in provenance.notes(prov):
-    say(f"[house] warning: {note}")
   if main:   # process 0 owns the workdir's files; the others wait for it
-    claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
-                              defaults=defaults)
-    for line in claim.messages("house"):
-      say(line)
+    workdir_lib.claim_and_tell(workdir, cfg.to_dict(), provenance=prov, label="house", say=say,
+                               move_aside=move_aside, defaults=defaults)
   distributed.barrier("house_price: workdir claimed")
   workdir = pathlib.Path(workdir)
   task, tasks = _tasks(data)
@@ -132,15 +128,12 @@ def run(cfg, workdir, *, data_dir=None, cache_dir=None, max_chunks: Optional[int
     return "D_P loss " + " ".join(f"{m}={np.nanmean(sup[tables.rows_of(index, m)]):.4g}"
                                   for m in methods)
 
-  total = cfg.steps if max_chunks is None else min(cfg.steps, max_chunks * cfg.chunk_steps)
-  ckpt = checkpoints.Checkpointer(workdir / "checkpoints")
-  state, _ = loop.run_chunked(
-      chunk, runs.state, total_steps=total, chunk_steps=cfg.chunk_steps, checkpointer=ckpt,
-      on_progress=progress.printer(echo if main else None, "house", summarize), clock=clock)
-  ckpt.close()
+  state = loop.run_in_workdir(
+      chunk, runs.state, workdir, total_steps=cfg.steps, chunk_steps=cfg.chunk_steps,
+      max_chunks=max_chunks, on_progress=progress.printer(echo if main else None, "house",
+                                                          summarize), clock=clock, say=say)
   log.close()
-  if total < cfg.steps:
-    say(f"stopped after {total} steps (--max_chunks); rerun to resume.")
+  if state is None:
     return None
   ev, params = distributed.to_host((sweep.evaluate(state, run_tasks, kappa=cfg.kappa),
                                     state.params))

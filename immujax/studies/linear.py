@@ -22,7 +22,6 @@ from immujax import immunize
 from immujax import metrics
 from immujax import sweep
 from immujax.data import fingerprint
-from immujax.runner import checkpoints
 from immujax.runner import loop
 from immujax.runner import outputs
 from immujax.runner import progress
@@ -39,7 +38,7 @@ def data_record(data: evaluation.ProbeData, path) -> dict:
   return fingerprint.data_record(f"features {path}", [path], arrays)
 
 
-def immunize_features(data: evaluation.ProbeData, cfg, *, checkpointer=None, echo: Echo = None,
+def immunize_features(data: evaluation.ProbeData, cfg, *, workdir=None, echo: Echo = None,
                       clock: Optional[loop.WallClock] = None,
                       max_chunks: Optional[int] = None) -> Optional[dict]:
   """Runs every method × seed of ``cfg`` on ``data``; returns extractors and metrics.
@@ -47,7 +46,8 @@ def immunize_features(data: evaluation.ProbeData, cfg, *, checkpointer=None, ech
   Args:
     data: validated features (``evaluation.validate_data``).
     cfg: a validated config (``experiments/configs/linear.py``).
-    checkpointer: where to save after every chunk and resume from (None: no checkpoints).
+    workdir: checkpoint under ``workdir/checkpoints`` after every chunk and resume from
+      there (None: no checkpoints).
     echo: prints the progress lines (None: silent).
     clock: the run's wall clock.
     max_chunks: stop after this many chunks, as if killed (returns None).
@@ -72,12 +72,16 @@ def immunize_features(data: evaluation.ProbeData, cfg, *, checkpointer=None, ech
     return sweep.run_chunk(state, tasks, runs.weights, steps=cfg.chunk_steps, loss=loss,
                            imma_steps=cfg.imma_steps)
 
-  total = cfg.steps if max_chunks is None else min(cfg.steps, max_chunks * cfg.chunk_steps)
-  state, _ = loop.run_chunked(chunk, runs.state, total_steps=total,
-                              chunk_steps=cfg.chunk_steps, checkpointer=checkpointer,
-                              on_progress=progress.printer(echo, "linear"), clock=clock)
-  if total < cfg.steps:
-    return None
+  printer = progress.printer(echo, "linear")
+  if workdir is None:
+    state, _ = loop.run_chunked(chunk, runs.state, total_steps=cfg.steps,
+                                chunk_steps=cfg.chunk_steps, on_progress=printer, clock=clock)
+  else:
+    state = loop.run_in_workdir(chunk, runs.state, workdir, total_steps=cfg.steps,
+                                chunk_steps=cfg.chunk_steps, max_chunks=max_chunks,
+                                on_progress=printer, clock=clock, say=echo)
+    if state is None:
+      return None
   ev = jax.tree.map(lambda a: np.asarray(a)[0],
                     sweep.evaluate(state, tasks, loss=loss, kappa=cfg.kappa))
   thetas = np.asarray(state.params.theta)[0]
@@ -129,17 +133,12 @@ def run(cfg, data: evaluation.ProbeData, workdir, *, data_path, move_aside: bool
   clock = clock or loop.WallClock()
   say = echo or (lambda _: None)
   prov = provenance.record(data_record(data, data_path))
-  claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
-                            defaults=defaults)
-  for line in claim.messages("linear"):
-    say(line)
+  workdir_lib.claim_and_tell(workdir, cfg.to_dict(), provenance=prov, label="linear", say=say,
+                             move_aside=move_aside, defaults=defaults)
   workdir = pathlib.Path(workdir)
-  ckpt = checkpoints.Checkpointer(workdir / "checkpoints")
-  res = immunize_features(data, cfg, checkpointer=ckpt, echo=echo, clock=clock,
+  res = immunize_features(data, cfg, workdir=workdir, echo=echo, clock=clock,
                           max_chunks=max_chunks)
-  ckpt.close()
   if res is None:
-    say("stopped after --max_chunks; rerun to resume.")
     return None
   res.update(wall_time_s=clock.total(), data=str(pathlib.Path(data_path).resolve()),
              config=cfg.to_dict(), provenance=prov)

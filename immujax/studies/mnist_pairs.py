@@ -252,13 +252,10 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   prov = provenance.record(data_record(cfg, images, labels, mnist_dir), layout=layout,
                            used_devices=len(devices_used))
   say(f"[mnist] {len(labels)} images loaded (source {cfg.source}); building the tasks")
-  for note in provenance.notes(prov):
-    say(f"[mnist] warning: {note}")
   if main:   # process 0 owns the workdir's files; the others wait for it
-    claim = workdir_lib.claim(workdir, cfg.to_dict(), provenance=prov, move_aside=move_aside,
-                              defaults=defaults, extra={"mnist_dir": mnist_dir, "tfds_data_dir": tfds_data_dir})
-    for line in claim.messages("mnist"):
-      say(line)
+    workdir_lib.claim_and_tell(workdir, cfg.to_dict(), provenance=prov, label="mnist", say=say,
+                               move_aside=move_aside, defaults=defaults,
+                               extra={"mnist_dir": mnist_dir, "tfds_data_dir": tfds_data_dir})
   distributed.barrier("mnist_pairs: workdir claimed")
   workdir = pathlib.Path(workdir)
   methods = tuple(cfg.methods)
@@ -318,16 +315,12 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     return "D_P loss " + " ".join(
         f"{m}={np.nanmean(sup[:, tables.rows_of(index, m)]):.3g}" for m in methods)
 
-  total = cfg.steps if max_chunks is None else min(cfg.steps, max_chunks * cfg.chunk_steps)
-  ckpt = checkpoints.Checkpointer(workdir / "checkpoints")
-  blocks, _ = loop.run_chunked(
-      chunk, initial_blocks(cfg, runs, tasks), total_steps=total, chunk_steps=cfg.chunk_steps,
-      checkpointer=ckpt,
-      on_progress=progress.printer(echo if main else None, "mnist", summarize), clock=clock)
-  ckpt.close()
+  blocks = loop.run_in_workdir(
+      chunk, initial_blocks(cfg, runs, tasks), workdir, total_steps=cfg.steps,
+      chunk_steps=cfg.chunk_steps, max_chunks=max_chunks, clock=clock, say=say,
+      on_progress=progress.printer(echo if main else None, "mnist", summarize))
   log.close()
-  if total < cfg.steps:
-    say(f"stopped after {total} steps (--max_chunks); rerun to resume.")
+  if blocks is None:
     return None
   state = sweep.join_methods(blocks["state"])
   ev = jax.tree.map(lambda a: a[:n_pairs], distributed.to_host(
