@@ -724,7 +724,8 @@ def slowdown_verdict(values: Sequence[float], bounds: Sequence[str], *,
     return "no verdict (both at the cap)"
   kinds = {bounds[i] for i in keep}
   m = float(np.median(v))
-  rng = f" [{v.min():.3g}–{v.max():.3g}]" if v.size > 1 and v.min() != v.max() else ""
+  lo, hi = f"{v.min():.3g}", f"{v.max():.3g}"
+  rng = f" [{lo}–{hi}]" if lo != hi else ""
   if "upper" in kinds and "lower" not in kinds:
     return f"≤ ×{m:.3g}{rng} (θ = I at the cap)"
   if m >= threshold:
@@ -800,9 +801,8 @@ def _median_range(values) -> str:
   v = v[np.isfinite(v)]
   if v.size == 0:
     return "—"
-  if v.size == 1 or v.min() == v.max():
-    return f"{v[0]:.3g}"
-  return f"{np.median(v):.3g} [{v.min():.3g}–{v.max():.3g}]"
+  lo, hi = f"{v.min():.3g}", f"{v.max():.3g}"
+  return f"{np.median(v):.3g}" + (f" [{lo}–{hi}]" if lo != hi else "")
 
 
 def verdict_rows(summary: dict, attackers: Sequence[str], *, prefix: str = "",
