@@ -99,7 +99,8 @@ def _state_prefixes(paths) -> list[str]:
 def _like_placement(restored, like):
   """``restored`` placed like ``like``: an uncommitted array (a fresh run's state) stays
   uncommitted, so a resumed run hits the chunk program the fresh run compiled."""
-  if isinstance(like, jax.Array) and not like.committed and isinstance(restored, jax.Array):
+  if (isinstance(like, jax.Array) and not like.committed and isinstance(restored, jax.Array)
+      and not jax.dtypes.issubdtype(like.dtype, jax.dtypes.prng_key)):
     return jax.numpy.asarray(np.asarray(restored))
   return restored
 
