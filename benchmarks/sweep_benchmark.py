@@ -37,7 +37,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the experiments package
 
-from experiments import mnist_pairs  # pylint: disable=g-import-not-at-top
+from immujax.studies import mnist_pairs  # pylint: disable=g-import-not-at-top
 from experiments.configs import mnist_pairs as mnist_config  # pylint: disable=g-import-not-at-top
 from immujax import extreme_eigs  # pylint: disable=g-import-not-at-top
 from immujax import spectral  # pylint: disable=g-import-not-at-top
@@ -127,7 +127,7 @@ def main():
         f"{args.repeats}; float64 matmul peak (1024³): {peak:.1f} GFLOP/s")
 
   methods = tuple(cfg.methods)
-  runs = {s: mnist_pairs._runs(_with(cfg, eig_solver=s), tasks)  # pylint: disable=protected-access
+  runs = {s: mnist_pairs.init_runs(_with(cfg, eig_solver=s), tasks)
           for s in ("warm", "eigh")}
 
   def chunk_fn(solver, method_set, vmapped=True):

@@ -55,8 +55,9 @@ EXPECTED = {"gd_line_search": "κ", "gd_constant": "κ", "heavy_ball": "√κ", 
 """How the steps to a fixed ε grow with κ (module docstring of ``immujax.attacks``)."""
 
 __all__ = [
-    "EXPECTED", "ProbeData", "SIDES", "evaluate", "evaluate_many", "fmt_slowdown",
-    "one_vs_rest", "fine_tuning",
+    "EXPECTED", "ProbeData", "SIDES", "SLOWED", "definition_31", "evaluate", "evaluate_many",
+    "fmt_slowdown", "method_summary", "one_vs_rest", "fine_tuning", "slowdown_verdict",
+    "verdict_header", "verdict_rows",
     "probe_statistics", "record_grid", "report_markdown", "slowdown", "steps_to_score",
     "test_scores", "validate_data", "validate_extractors",
 ]
@@ -685,6 +686,150 @@ def evaluate(data: ProbeData, thetas: np.ndarray, labels: Optional[Sequence[str]
   return evaluate_many([data], [thetas], list(labels), **kwargs)[0]
 
 
+# ------------------------------------------------------------------------------ verdicts
+
+SLOWED = 1.1
+"""A slow-down counts as one when the median over extractors is at least this factor."""
+
+
+def slowdown_verdict(values: Sequence[float], bounds: Sequence[str], *,
+                     threshold: float = SLOWED) -> str:
+  """The verdict of one attacker on one method's extractors, from their slow-downs.
+
+  Args:
+    values: slow-downs ``steps(θ)/steps(I)`` of the method's extractors (seeds, pairs).
+    bounds: :func:`slowdown`'s bound of each (``"exact"``, ``"lower"``: θ's run hit the cap,
+      ``"upper"``: θ = I's did, ``"both"``).
+    threshold: the factor from which the median counts as a slow-down.
+
+  Returns:
+    ``"slowed ×k [lo–hi]"`` (median and range; ``≥`` when some runs of θ hit the cap, so the
+    true slow-downs are larger), ``"not slowed (×k)"``, ``"faster (×k)"``, ``"≤ ×k (bound)"``
+    when θ = I's runs hit the cap, or ``"no verdict (both at the cap)"``.
+
+  Example:
+    >>> slowdown_verdict([9.5, 9.7, 10.2], ["exact"] * 3)
+    'slowed ×9.7 [9.5–10.2]'
+    >>> slowdown_verdict([1.02, 1.05], ["exact"] * 2)
+    'not slowed (×1.04)'
+    >>> slowdown_verdict([21.0, 25.0], ["lower", "exact"])
+    'slowed ≥ ×23 [21–25]'
+    >>> slowdown_verdict([1.0], ["both"])
+    'no verdict (both at the cap)'
+  """
+  keep = [i for i, b in enumerate(bounds) if b == "exact" or b in ("lower", "upper")]
+  v = np.asarray(values, float)[keep] if keep else np.zeros(0)
+  v = v[np.isfinite(v)]
+  if v.size == 0:
+    return "no verdict (both at the cap)"
+  kinds = {bounds[i] for i in keep}
+  m = float(np.median(v))
+  lo, hi = f"{v.min():.3g}", f"{v.max():.3g}"
+  rng = f" [{lo}–{hi}]" if lo != hi else ""
+  if "upper" in kinds and "lower" not in kinds:
+    return f"≤ ×{m:.3g}{rng} (θ = I at the cap)"
+  if m >= threshold:
+    return f"slowed {'≥ ' if 'lower' in kinds else ''}×{m:.3g}{rng}"
+  if "lower" in kinds:
+    return f"≥ ×{m:.3g}{rng} (θ at the cap)"
+  if m <= 1.0 / threshold:
+    return f"faster (×{m:.3g}){rng and ' ' + rng.strip()}"
+  return f"not slowed (×{m:.3g})"
+
+
+def definition_31(ratio_h: float, ratio_p: float, dp_mse: float, dp_mse_identity: float, *,
+                  rtol: float = 1e-6) -> tuple[bool, bool, bool]:
+  """Definition 3.1 for one extractor: (a) κ(H_H) grew, (b) κ(H_P) did not, (c) D_P kept.
+
+  (c) is read on the closed-form (optimal) D_P probe: its training MSE on θ is within
+  ``rtol`` of the one on θ = I.
+
+  Example:
+    >>> definition_31(20.0, 0.01, 0.1833, 0.1833)
+    (True, True, True)
+  """
+  c = dp_mse <= dp_mse_identity * (1 + rtol) + 1e-12
+  return bool(ratio_h > 1), bool(ratio_p <= 1), bool(c)
+
+
+def _verdict_cell(reports: Sequence[dict], labels: Sequence[str], name: str,
+                  side: str) -> str:
+  """The verdict of attacker ``name`` over ``labels`` of ``reports``: the norm ratio at the
+  smallest ε; where every run of both θ and θ = I hit the cap there, the next ε, then the
+  excess loss (the cell says which)."""
+  eps = sorted(reports[0]["eps"])
+  for key, what in (("slowdown", ""), ("slowdown_excess", "excess loss")):
+    for e in eps:
+      cells = [r[key][name][side][f"{e:.0e}"][l] for r in reports if name in r.get(key, {})
+               for l in labels]
+      if not cells or all(c["bound"] == "both" for c in cells):
+        continue
+      text = slowdown_verdict([c["value"] for c in cells], [c["bound"] for c in cells])
+      note = ", ".join(x for x in (what, f"ε = {e:.0e}" if e != eps[0] else "") if x)
+      return f"{text} ({note})" if note else text
+  return "no verdict (both at the cap)"
+
+
+def method_summary(reports: Sequence[dict], *, side: str = "D_H") -> dict:
+  """Per method (the label before ``/``), aggregated over extractors and reports (tasks).
+
+  Returns:
+    ``{method: {"n", "rir": [values], "definition_31": (a, b, c) counts of extractors
+    holding it, "verdicts": {attacker: verdict}}}``, methods in label order.
+  """
+  out: dict = {}
+  for label in reports[0]["extractors"]:
+    out.setdefault(label.split("/")[0], []).append(label)
+  summary = {}
+  for method, labels in out.items():
+    rir, held = [], np.zeros(3, int)
+    for r in reports:
+      ident = r["dp_probe"]["identity"]["train_mse"]
+      for l in labels:
+        rir.append(r["rir"][l])
+        held += definition_31(r["ratio_h"][l], r["ratio_p"][l],
+                              r["dp_probe"]["extractor"][l]["train_mse"], ident)
+    summary[method] = {
+        "n": len(rir), "rir": rir, "definition_31": tuple(int(h) for h in held),
+        "verdicts": {a: _verdict_cell(reports, labels, a, side)
+                     for a in reports[0]["attackers"]}}
+  return summary
+
+
+def _median_range(values) -> str:
+  v = np.asarray(values, float)
+  v = v[np.isfinite(v)]
+  if v.size == 0:
+    return "—"
+  lo, hi = f"{v.min():.3g}", f"{v.max():.3g}"
+  return f"{np.median(v):.3g}" + (f" [{lo}–{hi}]" if lo != hi else "")
+
+
+def verdict_rows(summary: dict, attackers: Sequence[str], *, prefix: str = "",
+                 names: Optional[Mapping[str, str]] = None) -> list[str]:
+  """Markdown rows of :func:`method_summary`: method, RIR, Definition 3.1, one verdict per
+  attacker (header rows not included; see :func:`verdict_header`)."""
+  names = names or {}
+  rows = []
+  for method, s in summary.items():
+    a, b, c = s["definition_31"]
+    rows.append(f"| {prefix}{names.get(method, method)} ({s['n']}) | {_median_range(s['rir'])} "
+                f"| {a}/{s['n']} · {b}/{s['n']} · {c}/{s['n']} | "
+                + " | ".join(s["verdicts"][n] for n in attackers) + " |")
+  return rows
+
+
+def verdict_header(attackers: Sequence[str], eps: float, side: str = "D_H") -> list[str]:
+  """The heading, one line of explanation and the table head of a verdict summary."""
+  return [f"## Verdict: is a {side} attacker slowed down?",
+          f"Slow-down = steps to ε = {eps:.0e} on θ / on θ = I ({side}, norm ratio Eq. 16; "
+          f"median [range] over the extractors in parentheses); slowed = median ≥ ×{SLOWED}. "
+          "Definition 3.1: (a) κ(H_H) up, (b) κ(H_P) not up, (c) the optimal D_P probe is kept "
+          "(extractors holding it).",
+          "| method (extractors) | RIR | Def. 3.1 (a) · (b) · (c) | " + " | ".join(attackers)
+          + " |", "|---|---|---|" + "---|" * len(attackers)]
+
+
 # ------------------------------------------------------------------------------ markdown
 
 
@@ -693,10 +838,15 @@ def _fmt(x: float) -> str:
 
 
 def report_markdown(report: dict, *, title: str = "Extractor evaluation") -> str:
-  """``report.md``: RIR and its limit, the slow-down table, the held-out fine-tuning table."""
+  """``report.md``: the verdict first (per method: RIR, Definition 3.1, a verdict per
+  attacker, :func:`method_summary`), then RIR and its limit per extractor, the slow-down
+  table and the held-out fine-tuning table."""
   labels = report["extractors"]
   eps = [f"{e:.0e}" for e in report["eps"]]
-  lines = [f"# {title}", "",
+  lines = [f"# {title}", ""]
+  lines += verdict_header(report["attackers"], min(report["eps"]))
+  lines += verdict_rows(method_summary([report]), report["attackers"]) + [""]
+  lines += ["## Detail", "",
            "| extractor | RIR | (i) κ ratio D_H | (ii) κ ratio D_P | share of RIR limit | "
            "D_P train MSE (probe) | D_P held-out score |", "|---|---|---|---|---|---|---|"]
   dp = report["dp_probe"]

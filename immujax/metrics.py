@@ -26,14 +26,15 @@ would change the answer are keyword-only::
     rir_from_features(phi_p=..., phi_h=..., phi_p_ref=..., phi_h_ref=...)
     rir_upper_bound(k_p=K_P, k_h=K_H)
 
-The old all-positional calls (``relative_immunization_ratio(k_p, k_h, theta)`` etc.) still
-work for one release and emit a ``DeprecationWarning``.
+Extra positional arguments raise a ``TypeError`` showing the keyword form: the old
+all-positional order ``relative_immunization_ratio(k_p, k_h, theta)`` was removed, since the
+natural call ``relative_immunization_ratio(theta, K_P, K_H)`` would have been read in it.
+Errors name the caller's arguments (``theta``, ``k_h``), never internal ones.
 """
 
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -51,17 +52,12 @@ class RIR(NamedTuple):
   rir: Array      # (i) / (ii)
 
 
-def _positional(fn: str, old: tuple[str, ...], args: tuple, given: dict,
-                new: str | None = None) -> dict:
-  """Maps a deprecated all-positional call onto the keyword-only names (with a warning)."""
-  new = new or ", ".join(f"{n}={n}" for n in old)
-  if len(args) != len(old) or any(given[n] is not None for n in old):
-    raise TypeError(f"{fn}() takes its arrays as keywords: {fn}({new}); got {len(args)} "
-                    "positional argument(s).")
-  warnings.warn(
-      f"{fn}({', '.join(old)}) with positional arrays is deprecated and will be removed in the "
-      f"next release; call {fn}({new}).", DeprecationWarning, stacklevel=3)
-  return dict(zip(old, args))
+def _no_positional(fn: str, args: tuple, form: str) -> None:
+  """Refuses extra positional arguments, showing the keyword form of the call."""
+  if args:
+    raise TypeError(f"{fn}() takes its arrays as keywords: {fn}({form}); got {len(args)} "
+                    "extra positional argument(s). (The old positional order was removed: "
+                    "it silently reinterpreted a natural call.)")
 
 
 def _require(fn: str, given: dict) -> None:
@@ -87,10 +83,8 @@ def rir_from_hessians(*args, h_p=None, h_h=None, h_p_ref=None, h_h_ref=None,
                       kappa: str | LogKappa = "pinv", rtol: float | None = None) -> RIR:
   """RIR from the four probe Hessians (or feature Grams ΦᵀΦ, Eq. 18), all keyword-only.
 
-  ``rir_from_hessians(h_p, h_h, h_p_ref, h_h_ref)`` (positional) is deprecated.
-
   Args:
-    *args: deprecated positional form of the four Hessians.
+    *args: none (a positional argument raises ``TypeError`` showing the keyword form).
     h_p: ``H_P`` of the immunized extractor, ``(D, D)``.
     h_h: ``H_H`` of the immunized extractor, ``(D, D)``.
     h_p_ref: ``H_P`` of the reference extractor, ``(D', D')``.
@@ -102,8 +96,7 @@ def rir_from_hessians(*args, h_p=None, h_h=None, h_p_ref=None, h_h_ref=None,
     :class:`RIR`.
   """
   given = {"h_p": h_p, "h_h": h_h, "h_p_ref": h_p_ref, "h_h_ref": h_h_ref}
-  if args:
-    given = _positional("rir_from_hessians", tuple(given), args, given)
+  _no_positional("rir_from_hessians", args, "h_p=..., h_h=..., h_p_ref=..., h_h_ref=...")
   _require("rir_from_hessians", given)
   h_p, h_h, h_p_ref, h_h_ref = given.values()
   log_kappa = _log_kappa_fn(kappa, rtol)
@@ -119,18 +112,30 @@ def rir_from_hessians(*args, h_p=None, h_h=None, h_p_ref=None, h_h_ref=None,
   return RIR(jnp.exp(log_h), jnp.exp(log_p), jnp.exp(log_h - log_p))
 
 
+def _extractor(theta, name: str, d_in: int) -> Array:
+  """``theta`` as a finite ``(D_in, D_hid)`` matrix (errors name the caller's argument)."""
+  theta = jnp.asarray(theta)
+  if theta.ndim != 2 or theta.shape[0] != d_in:
+    raise ValueError(f"`{name}` must be (D_in, D_hid) with D_in = {d_in} (the size of `k_p`); "
+                     f"got shape {theta.shape}. Features are X @ {name}: transpose a "
+                     "torch-style (out, in) weight.")
+  if not jnp.issubdtype(theta.dtype, jnp.floating):
+    theta = theta.astype(jnp.result_type(float))
+  spectral.check_finite(theta, name)
+  return theta
+
+
 def relative_immunization_ratio(theta, *args, k_p=None, k_h=None, theta0=None,
                                 kappa: str | LogKappa = "pinv",
                                 rtol: float | None = None) -> RIR:
   """RIR of a linear extractor (Eq. 15), or RIR_θ0 (Eq. 17) when ``theta0`` is given.
 
-  Call it as ``relative_immunization_ratio(theta, k_p=K_P, k_h=K_H)``. The old order
-  ``relative_immunization_ratio(k_p, k_h, theta)`` (three positional arguments) still works
-  for one release, with a ``DeprecationWarning``.
+  Call it as ``relative_immunization_ratio(theta, k_p=K_P, k_h=K_H)``; any further positional
+  argument raises ``TypeError`` showing that form.
 
   Args:
     theta: immunized extractor ``(D_in, D_hid)``.
-    *args: deprecated: ``(k_h, theta)`` of the old ``(k_p, k_h, theta)`` order.
+    *args: none (see above).
     k_p: pre-training covariance ``X_PᵀX_P``, ``(D_in, D_in)`` (keyword-only).
     k_h: harmful covariance ``X_HᵀX_H``, ``(D_in, D_in)`` (keyword-only).
     theta0: reference extractor ``(D_in, D_hid')``; ``None`` means the identity (Eq. 15), so
@@ -147,14 +152,16 @@ def relative_immunization_ratio(theta, *args, k_p=None, k_h=None, theta0=None,
     >>> float(relative_immunization_ratio(jnp.eye(3), k_p=k, k_h=k).rir)
     1.0
   """
-  if args:
-    old = _positional("relative_immunization_ratio", ("k_p", "k_h", "theta"), (theta, *args),
-                      {"k_p": k_p, "k_h": k_h, "theta": None},
-                      new="theta, k_p=k_p, k_h=k_h")
-    k_p, k_h, theta = old["k_p"], old["k_h"], old["theta"]
+  _no_positional("relative_immunization_ratio", args, "theta, k_p=K_P, k_h=K_H")
   _require("relative_immunization_ratio", {"k_p": k_p, "k_h": k_h})
   k_p = spectral.check_symmetric_matrix(k_p, "k_p")
   k_h = spectral.check_symmetric_matrix(k_h, "k_h")
+  if k_p.shape != k_h.shape:
+    raise ValueError(f"`k_p` {k_p.shape} and `k_h` {k_h.shape} must have the same shape "
+                     "(D_in, D_in).")
+  theta = _extractor(theta, "theta", k_p.shape[0])
+  if theta0 is not None:
+    theta0 = _extractor(theta0, "theta0", k_p.shape[0])
   h_p, h_h = spectral.hessian(theta, k_p), spectral.hessian(theta, k_h)
   if theta0 is None:
     # H(I) = K, symmetrized exactly as `hessian` does, so RIR(I) is exactly 1.
@@ -169,10 +176,8 @@ def rir_from_features(*args, phi_p=None, phi_h=None, phi_p_ref=None, phi_h_ref=N
                       kappa: str | LogKappa = "pinv", rtol: float | None = None) -> RIR:
   """RIR_θ0 of Eq. 17 from features: ``H̃(θ) = X̃(θ)ᵀX̃(θ)`` (Eq. 18), all keyword-only.
 
-  ``rir_from_features(phi_p, phi_h, phi_p_ref, phi_h_ref)`` (positional) is deprecated.
-
   Args:
-    *args: deprecated positional form of the four feature matrices.
+    *args: none (a positional argument raises ``TypeError`` showing the keyword form).
     phi_p: features of a D_P sample under the immunized extractor, ``(N, D_hid)``.
     phi_h: features of a D_H sample under the immunized extractor, ``(N, D_hid)``.
     phi_p_ref: the same D_P sample under θ0, ``(N, D_hid)``.
@@ -183,8 +188,8 @@ def rir_from_features(*args, phi_p=None, phi_h=None, phi_p_ref=None, phi_h_ref=N
     :class:`RIR`.
   """
   given = {"phi_p": phi_p, "phi_h": phi_h, "phi_p_ref": phi_p_ref, "phi_h_ref": phi_h_ref}
-  if args:
-    given = _positional("rir_from_features", tuple(given), args, given)
+  _no_positional("rir_from_features", args,
+                 "phi_p=..., phi_h=..., phi_p_ref=..., phi_h_ref=...")
   _require("rir_from_features", given)
   g = [spectral.covariance(f) for f in given.values()]
   return rir_from_hessians(h_p=g[0], h_h=g[1], h_p_ref=g[2], h_h_ref=g[3], kappa=kappa,
@@ -238,11 +243,11 @@ class RIRBound(NamedTuple):
 def rir_upper_bound(*args, k_p=None, k_h=None, rtol: float | None = None) -> RIRBound:
   """Closed-form limit of RIR for linear extractors (see module docstring and BUILD_NOTES).
 
-  Call it as ``rir_upper_bound(k_p=K_P, k_h=K_H)``; ``rir_upper_bound(k_p, k_h)``
-  (positional) is deprecated.
+  Call it as ``rir_upper_bound(k_p=K_P, k_h=K_H)``; a positional argument raises
+  ``TypeError`` showing that form.
 
   Args:
-    *args: deprecated positional ``(k_p, k_h)``.
+    *args: none.
     k_p: ``X_PᵀX_P``, ``(D_in, D_in)``.
     k_h: ``X_HᵀX_H``, ``(D_in, D_in)``.
     rtol: relative tolerance for ranges and null spaces (default ``D_in · eps``).
@@ -251,8 +256,7 @@ def rir_upper_bound(*args, k_p=None, k_h=None, rtol: float | None = None) -> RIR
     :class:`RIRBound`.
   """
   given = {"k_p": k_p, "k_h": k_h}
-  if args:
-    given = _positional("rir_upper_bound", ("k_p", "k_h"), args, given)
+  _no_positional("rir_upper_bound", args, "k_p=K_P, k_h=K_H")
   _require("rir_upper_bound", given)
   k_p = spectral.check_symmetric_matrix(given["k_p"], "k_p")
   k_h = spectral.check_symmetric_matrix(given["k_h"], "k_h")

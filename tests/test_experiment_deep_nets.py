@@ -1,14 +1,22 @@
 """Smoke test of experiments/deep_nets.py: the `quick` config end to end, and the paper path."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from experiments import deep_nets
 from experiments.configs import deep_nets as configs
 from immujax import deep
+from immujax.studies import deep_nets as study
+from tests.binaries import run_binary
+
+
+class deep_nets:  # pylint: disable=invalid-name
+  """The binary's path: validate the config, then the study."""
+
+  @staticmethod
+  def run(cfg, workdir, **kwargs):
+    configs.validate(cfg)
+    return study.run(cfg, workdir, **kwargs)
 
 
 def test_quick_run_writes_all_outputs(tmp_path):
@@ -47,6 +55,7 @@ def test_quick_run_writes_all_outputs(tmp_path):
           np.asarray(a["curves"]["theta0"])[:, 1:], np.asarray(a["curves"][m])[:, 1:])
       np.testing.assert_allclose(rfd, expected, rtol=1e-12)
   assert results["finetune_curves"] == attacks["linear_probe"]["curves"]
+  assert results["provenance"]["data"]["files"][0]["name"] == "mnist_5k.csv.gz"
   assert "RFD" in table and "LoRA" in table and "Full fine-tuning" in table
   # No temporary files are left behind by the atomic writes.
   assert not list(tmp_path.glob(".*.tmp"))
@@ -81,12 +90,10 @@ def test_bad_attack_config_fails_before_touching_the_workdir(tmp_path):
 
 
 def test_binary_reports_a_bad_flag_in_one_line(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.deep_nets",
-       "--config=experiments/configs/deep_nets.py:quick", "--config.attacks.full.lr=-1",
-       f"--workdir={tmp_path / 'w'}"], capture_output=True, text=True, check=False,
-      cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-  assert proc.returncode == 2, proc.stderr
-  assert proc.stderr.strip().splitlines()[-1].startswith("error: --config.attacks.full.lr=")
-  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  code, _, err = run_binary("deep_nets", [
+      "--config=experiments/configs/deep_nets.py:quick", "--config.attacks.full.lr=-1",
+      f"--workdir={tmp_path / 'w'}"])
+  assert code == 2, err
+  assert err.strip().splitlines()[-1].startswith("error: --config.attacks.full.lr=")
+  assert len(err.strip().splitlines()) == 1, err
   assert not (tmp_path / "w").exists()

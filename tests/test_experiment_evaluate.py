@@ -1,14 +1,13 @@
-"""Tests of experiments/evaluate.py: the report for any extractor, and bad inputs."""
+"""Tests of experiments/evaluate.py (immujax/studies/evaluate.py): the report for any
+extractor, verdict first, its plot, and bad inputs."""
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from experiments import evaluate
+from immujax.studies import evaluate
+from tests.binaries import run_binary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,19 +28,17 @@ def _npz(path, *, d=5, n=60, classification=False, **override):
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return run_binary("evaluate", args)   # in-process: (status, stdout, stderr)
 
 
 def test_report_on_an_npy_extractor(tmp_path):
   data = _npz(tmp_path / "d.npz", classification=True)
   theta = np.diag([1.0, 1.0, 1.0, 0.3, 0.1])
-  np.save(tmp_path / "theta.npy", theta)
-  out = _run(f"--extractor={tmp_path / 'theta.npy'}", f"--data={data}",
-             f"--workdir={tmp_path / 'out'}",
-             f"--config={ROOT / 'experiments/configs/attack_suite.py'}:quick")
-  assert out.returncode == 0, out.stderr[-3000:]
+  np.save(tmp_path / "theta.npy", np.stack([theta, theta * 2.0, np.eye(5)]))
+  code, _, err = _run(f"--extractor={tmp_path / 'theta.npy'}", f"--data={data}",
+                      f"--workdir={tmp_path / 'out'}",
+                      f"--config={ROOT / 'experiments/configs/attack_suite.py'}:quick")
+  assert code == 0, err[-3000:]
   rep = json.loads((tmp_path / "out" / "report.json").read_text())
   for key in ("rir", "ratio_h", "ratio_p", "rir_limit", "null_space_leak", "slowdown",
               "test_accuracy"):
@@ -51,11 +48,37 @@ def test_report_on_an_npy_extractor(tmp_path):
   assert set(rep["slowdown"]["cg"]["D_H"]) == {"1e-02", "1e-04"}
   acc = rep["test_accuracy"]["D_H"]["gd_line_search"]
   assert acc["metric"] == "accuracy" and set(acc) >= {"identity", "extractor", "steps"}
-  assert len(acc["extractor"]["theta"]) == len(acc["steps"])
+  assert len(acc["extractor"]["theta/0"]) == len(acc["steps"])
   # θ shrinks the small directions: κ grows on both sides, so GD slows down on D_H.
-  assert rep["slowdown"]["gd_line_search"]["D_H"]["1e-04"]["theta"]["value"] > 1
-  assert (tmp_path / "out" / "report.md").read_text().startswith("# Evaluation of")
-  assert (tmp_path / "out" / "report.png").exists()
+  assert rep["slowdown"]["gd_line_search"]["D_H"]["1e-04"]["theta/0"]["value"] > 1
+  text = (tmp_path / "out" / "report.md").read_text()
+  assert text.startswith("# Evaluation of")
+  # Issue 17: the verdict first (≤ 15 lines), the detail after.
+  head = text.split("## Detail")[0].strip().splitlines()
+  assert len(head) <= 15 and head[2].startswith("## Verdict")
+  row = next(r for r in head if r.startswith("| theta (3) |"))
+  assert "| slowed " in row and "· 3/3 |" in row    # (c) kept: every θ here is invertible
+  assert rep["provenance"]["data"]["files"][0]["name"] == "d.npz"
+  # report.png: every extractor, grouped by method (here one method, 3 extractors).
+  _check_report_png(rep, tmp_path / "out" / "report.png")
+
+
+def _check_report_png(rep, path):
+  """The plot groups the extractors per method and keeps the norm-ratio axis sane."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from unittest import mock
+  figs = []
+  real = plt.subplots
+  with mock.patch.object(plt, "subplots", side_effect=lambda *a, **k: figs.append(
+      real(*a, **k)) or figs[-1]), mock.patch.object(plt, "close"):
+    evaluate.plot_report(rep, path)
+  fig, axes = figs[0]
+  ax = axes[0, 0]
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ["θ = I", "theta (3)"]
+  assert ax.get_ylim()[0] >= 1e-3 * min(rep["eps"]) / 2 > 0   # no 1e-315
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("case, match", [
@@ -90,10 +113,10 @@ def test_bad_inputs_raise_one_clear_error(tmp_path, case, match):
 def test_bad_input_from_the_command_line_is_one_line_and_writes_nothing(tmp_path):
   data = _npz(tmp_path / "d.npz")
   np.save(tmp_path / "t.npy", np.eye(3))
-  out = _run(f"--extractor={tmp_path / 't.npy'}", f"--data={data}",
-             f"--workdir={tmp_path / 'out'}")
-  assert out.returncode == 2
-  err = out.stderr.strip().splitlines()
+  code, _, err = _run(f"--extractor={tmp_path / 't.npy'}", f"--data={data}",
+                      f"--workdir={tmp_path / 'out'}")
+  assert code == 2
+  err = err.strip().splitlines()
   assert len(err) == 1 and "--extractor has shape (3, 3)" in err[0] and "(5, D_hid)" in err[0]
   assert not (tmp_path / "out").exists()
 

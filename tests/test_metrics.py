@@ -103,27 +103,36 @@ def test_accuracy():
   assert float(ij.accuracy(np.array([1.0, -1.0]), np.array([1, 0]))) == 1.0
 
 
-def test_old_positional_order_still_works_with_a_deprecation_warning():
+def test_positional_arrays_raise_type_error_showing_the_keyword_form():
+  """Issue 16: the natural call (theta, K_P, K_H) was silently read as the old (k_p, k_h,
+  theta) order (a wrong RIR for a symmetric θ); every extra positional is now a TypeError."""
   rng = np.random.default_rng(7)
   k_p, k_h = random_psd(rng, 4), random_psd(rng, 4)
-  theta, theta0 = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
-  new = ij.relative_immunization_ratio(theta, k_p=k_p, k_h=k_h, theta0=theta0)
-  with pytest.warns(DeprecationWarning, match=r"relative_immunization_ratio\(theta, k_p=k_p"):
-    old = ij.relative_immunization_ratio(k_p, k_h, theta, theta0=theta0)
-  np.testing.assert_array_equal(old.rir, new.rir)
-  hs = [ij.hessian(t, k) for t in (theta, theta0) for k in (k_p, k_h)]
-  with pytest.warns(DeprecationWarning, match="rir_from_hessians"):
-    np.testing.assert_array_equal(ij.rir_from_hessians(*hs).rir, new.rir)
-  x_p, x_h = rng.normal(size=(9, 4)), rng.normal(size=(9, 4))
-  phis = (x_p @ theta, x_h @ theta, x_p @ theta0, x_h @ theta0)
-  with pytest.warns(DeprecationWarning, match="rir_from_features"):
-    old = ij.rir_from_features(*phis)
-  np.testing.assert_array_equal(old.rir, ij.rir_from_features(
-      phi_p=phis[0], phi_h=phis[1], phi_p_ref=phis[2], phi_h_ref=phis[3]).rir)
-  with pytest.warns(DeprecationWarning, match="rir_upper_bound"):
-    old = ij.rir_upper_bound(k_p, k_h)
-  np.testing.assert_array_equal(old.rir_on_range,
-                                ij.rir_upper_bound(k_p=k_p, k_h=k_h).rir_on_range)
+  theta = rng.normal(size=(4, 4))
+  sym = theta + theta.T
+  with pytest.raises(TypeError, match=r"relative_immunization_ratio\(theta, k_p=K_P, k_h=K_H\)"):
+    ij.relative_immunization_ratio(sym, k_p, k_h)
+  with pytest.raises(TypeError, match=r"rir_from_hessians\(h_p=\.\.\., h_h="):
+    ij.rir_from_hessians(k_p, k_h, k_p, k_h)
+  with pytest.raises(TypeError, match=r"rir_from_features\(phi_p="):
+    ij.rir_from_features(theta, theta, theta, theta)
+  with pytest.raises(TypeError, match=r"rir_upper_bound\(k_p=K_P, k_h=K_H\)"):
+    ij.rir_upper_bound(k_p, k_h)
+
+
+def test_errors_name_the_callers_arguments():
+  rng = np.random.default_rng(8)
+  k = random_psd(rng, 4)
+  theta = rng.normal(size=(4, 4))
+  theta[1, 2] = np.nan
+  with pytest.raises(ValueError, match=r"^`theta` contains NaN"):
+    ij.relative_immunization_ratio(theta, k_p=k, k_h=k)
+  with pytest.raises(ValueError, match=r"^`theta0` must be \(D_in, D_hid\) with D_in = 4"):
+    ij.relative_immunization_ratio(np.eye(4), k_p=k, k_h=k, theta0=np.eye(3))
+  with pytest.raises(ValueError, match=r"^`k_p` \(4, 4\) and `k_h` \(3, 3\)"):
+    ij.relative_immunization_ratio(np.eye(4), k_p=k, k_h=np.eye(3))
+  with pytest.raises(ValueError, match=r"^`theta` must be \(D_in, D_hid\)"):
+    ij.relative_immunization_ratio(np.eye(3), k_p=k, k_h=k)
 
 
 def test_new_convention_rejects_ambiguous_calls():

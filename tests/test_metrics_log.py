@@ -1,22 +1,18 @@
-"""Per-step metrics (experiments/metrics_log.py): TensorBoard events, metrics.jsonl, arrays.
+"""Per-step metrics (immujax/runner/metrics_log.py): TensorBoard events, metrics.jsonl, arrays.
 
 The writer is tested directly (a kill and a resume included), and on the workdir of a real
 quick run of the house-price binary.
 """
 import json
-import os
 import pathlib
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from experiments import metrics_log
+from experiments import metrics_log   # the old import path keeps working
 from immujax import immunize
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.binaries import house_quick
 
 
 def read_events(logdir) -> dict:
@@ -94,25 +90,19 @@ def test_disabled_writer_writes_nothing(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def test_house_binary_writes_events_and_one_record_per_step(tmp_path, house_dir):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.pop("XLA_FLAGS", None)
-  cmd = [sys.executable, "-m", "experiments.house_price", f"--workdir={tmp_path}",
-         f"--config={ROOT / 'experiments/configs/house_price.py'}:quick",
-         f"--data_dir={house_dir}", "--config.methods=ours,opt_kappa",
-         "--config.attack_steps=2"]
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-  assert out.returncode == 0, out.stderr[-3000:]
-  steps = json.loads((tmp_path / "config.json").read_text())["config"]["steps"]
-  recs = metrics_log.read_jsonl(tmp_path / "metrics.jsonl")
+@pytest.mark.xdist_group("house_quick")
+def test_house_binary_writes_events_and_one_record_per_step(house_dir):
+  w = house_quick(str(house_dir))   # the binary, in this process (shared with other tests)
+  steps = json.loads((w / "config.json").read_text())["config"]["steps"]
+  recs = metrics_log.read_jsonl(w / "metrics.jsonl")
   assert [r["step"] for r in recs] == list(range(1, steps + 1))
-  events = read_events(tmp_path / "tensorboard")
+  events = read_events(w / "tensorboard")
   for m in ("ours", "opt_kappa"):
     for term in metrics_log.TERMS:
       for stat in metrics_log.STATS:
         assert sorted(events[f"{m}/{term}/{stat}"]) == list(range(1, steps + 1))
   # Ours lowers log κ(H_P) relative to its start and the last record agrees with the runs.
-  runs = metrics_log.load_runs(tmp_path)
+  runs = metrics_log.load_runs(w)
   last = recs[-1]["ours/log_kappa_hp/mean"]
   ours = [i for i, m in enumerate(runs["methods"]) if m == "ours"]
   assert last == pytest.approx(runs["log_kappa_hp"][0, ours, -1].mean(), rel=1e-6)

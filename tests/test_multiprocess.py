@@ -149,16 +149,16 @@ def test_a_dead_process_makes_the_other_exit(tmp_path, house_dir):
 
 
 def test_the_three_flags_are_validated_together():
-  from experiments import common
-  assert not common.validate_distributed(None, None, None, 300)
-  assert common.validate_distributed("localhost:1234", 2, 1, 300)
+  from immujax.runner import distributed
+  assert not distributed.validate(None, None, None, 300)
+  assert distributed.validate("localhost:1234", 2, 1, 300)
   for args, match in (((None, 2, None), "--coordinator_address, --process_id missing"),
                       (("localhost", 2, 0), "must be host:port"),
                       (("localhost:99999", 2, 0), "must be host:port"),
                       (("localhost:1234", 0, 0), "--num_processes=0 must be a positive"),
                       (("localhost:1234", 2, 2), r"--process_id=2 must be in 0 … 1")):
     with pytest.raises(ValueError, match=match):
-      common.validate_distributed(*args, 300)
+      distributed.validate(*args, 300)
   # At the binary edge: one line, status 2, before anything is written.
   out = subprocess.run(_cmd("mnist_pairs", "/nonexistent/w", "--num_processes=2"), cwd=ROOT,
                        env=_env(), capture_output=True, text=True, timeout=TIMEOUT)

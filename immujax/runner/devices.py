@@ -1,16 +1,14 @@
-"""How a binary lays out the CPU before JAX starts: devices per process, chosen by measurement.
+"""The CPU device layout of a process, set before JAX starts: one device unless asked.
 
 XLA:CPU shows one device per process unless ``--xla_force_host_platform_device_count`` says
 otherwise. That one device already uses every core: XLA runs each large matmul on its
-intra-op thread pool (one thread per core). Measured on this project's 2-core machines
-(BUILD_NOTES.md, "Every core by default"): the main job took 48.6 s on one device and 52.3 s
-on two simulated devices; at paper scale (D_in = 784) a two-device run of the 4-method
-sweep was aborted by XLA:CPU's collective rendezvous timeout. So the default is ONE device
-per process, and :func:`configure` only changes it when the user asks: an ``XLA_FLAGS``
-device count in the environment always wins; otherwise ``--devices=N`` creates N CPU
-devices (no environment prefix needed). It must run before the first JAX computation
-(backends start lazily, and the binaries create no arrays at import). On GPU/TPU hosts the
-flag only concerns the CPU platform and is harmless.
+intra-op thread pool (one thread per core), which measured faster than several simulated
+devices on this project's machines (BUILD_NOTES.md, "Every core by default", has the
+numbers). So the default is ONE device per process, and :func:`configure` only changes it
+when the user asks: an ``XLA_FLAGS`` device count in the environment always wins; otherwise
+``--devices=N`` creates N CPU devices (no environment prefix needed). It must run before
+the first JAX computation (backends start lazily). On GPU/TPU hosts the setting only
+concerns the CPU platform and is harmless.
 """
 
 from __future__ import annotations

