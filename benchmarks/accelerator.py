@@ -18,7 +18,7 @@ and prints ONE JSON object as its last line: ``platform``, ``device_kind``, ``de
 ``study_wall_s``, ``study_peak_rss_gb``, ``study_device_peak_gb`` (None on a CPU),
 ``fallbacks`` (run-chunks recomputed exactly, from the study's ``results.json``) and
 ``study_rir_mean`` per method. ``--tiny`` runs the same on the embedded sample at 7×7 with
-the ``:quick`` study, to check the command itself.
+the ``:quick`` study (Ours only), to check the command itself in seconds.
 """
 
 import argparse
@@ -103,7 +103,9 @@ def main():
   study = [sys.executable, "-c", _WRAP,
            f"--config={ROOT / 'experiments' / 'configs' / 'mnist_pairs.py'}:{config}",
            f"--workdir={workdir / 'paper'}"]
-  if not args.tiny:
+  if args.tiny:
+    study.append("--config.methods=ours")
+  else:
     study.append(f"--mnist_dir={args.mnist_dir}")
   _, err, wall, rss = _run(study, env, args.timeout)
   device_peak = None

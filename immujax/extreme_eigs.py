@@ -47,7 +47,8 @@ nulls than the block can hold left no non-zero pair in it; the caller then recom
 :func:`exact` (``immujax.sweep`` does it between chunks, for flagged runs only, because
 under ``vmap`` a ``lax.cond`` would run both paths for every run).
 
-**Batching** (``vmap``), chosen when the program is lowered (:data:`BATCHING`):
+**Batching** (``vmap``), chosen for the default backend when the step is traced
+(:data:`BATCHING`):
 
 * on a CPU, a sequential ``lax.map`` of the unbatched solver on LAPACK kernels; inside the
   map the ``lax.cond``s are real branches and every run iterates only as often as it needs.
@@ -267,13 +268,19 @@ def _warm_one(b, bottom, top, *, kern, rtol, tol, tol_bottom, max_iters):
     return mu, y @ u, c @ u
 
   def target(f, shift, mu, y, c):
-    # The first Ritz pair above the rank tolerance (k Ritz values at or below it are nulls),
-    # its (M − σI)⁻¹y and inverse residual ‖(M − σI)⁻¹y − μy‖/μ.
-    nulls = jnp.sum(shift + 1.0 / mu <= tau).astype(jnp.int32)
-    j = jnp.minimum(nulls, blk - 1)
+    # The smallest Ritz pair above the rank tolerance (the Ritz values at or below it are
+    # nulls), its (M − σI)⁻¹y and inverse residual ‖(M − σI)⁻¹y − μy‖/μ. A μ ≤ 0 says that
+    # M − σI was not positive definite after all (a shifted factor can succeed on a matrix
+    # with an eigenvalue below σ by less than its round-off, or hide a null the block had
+    # not revealed): such an iterate is never trusted (`bad`).
+    lam = shift + 1.0 / mu
+    above = (lam > tau) & (mu > 0)
+    nulls = jnp.sum((lam <= tau) & (mu > 0)).astype(jnp.int32)
+    j = jnp.argmin(jnp.where(above, lam, jnp.inf)).astype(jnp.int32)
     mu_j, y_j = mu[j], y[:, j]
     z = kern.solve_upper(f, c[:, j])
-    return nulls, j, z, jnp.linalg.norm(z - mu_j * y_j) / mu_j
+    bad = jnp.any(mu <= 0) | ~jnp.any(above)
+    return nulls, j, z, jnp.linalg.norm(z - mu_j * y_j) / mu_j, bad
 
   def bottom_factor(shift, mu, res, j, y, nulls, defl):
     # A shift just below the target: λ_j ≥ σ + 1/(μ_j + 2ρ²/(μ_j − μ_{j+1})) with ρ = res·μ_j
@@ -299,31 +306,34 @@ def _warm_one(b, bottom, top, *, kern, rtol, tol, tol_bottom, max_iters):
                         lambda: (f_guard, guard + 0.0 * bound, jnp.zeros_like(defl)))
 
   def bottom_body(carry):
-    y, c, mu, _, res, res_prev, f, shift, defl, nulls, j, it = carry
+    y, c, mu, _, res, res_prev, f, shift, defl, nulls, j, bad, it = carry
     # Re-factor with a shift next to the target when the last iteration gained less than
     # 10× (a Cholesky costs a few solve iterations) and the Ritz pair is close enough for
     # the Kato–Temple bound to hold (a warm block that missed a null reveals it first).
-    refactor = (it > 0) & (res > 0.1 * res_prev) & (res < 0.1)
+    # After an untrusted iterate (`bad`), go back to the guard factor.
+    refactor = (it > 0) & (res > 0.1 * res_prev) & (res < 0.1) & ~bad
     f, shift, defl = jax.lax.cond(
-        refactor, lambda: bottom_factor(shift, mu, res, j, y, nulls, defl),
-        lambda: (f, shift, defl))
-    res_prev = res
+        bad, lambda: (f_guard, guard + 0.0 * shift, jnp.zeros_like(defl)),
+        lambda: jax.lax.cond(refactor, lambda: bottom_factor(shift, mu, res, j, y, nulls, defl),
+                             lambda: (f, shift, defl)))
+    res_prev = jnp.where(bad, jnp.inf, res)
     y = linalg.orthonormalize(kern.solve_upper(f, kern.solve_lower(f, y)))
     mu, y, c = inv_ritz(f, y)
-    nulls, j, z, res = target(f, shift, mu, y, c)
-    return y, c, mu, z, res, res_prev, f, shift, defl, nulls, j, it + 1
+    nulls, j, z, res, bad = target(f, shift, mu, y, c)
+    return y, c, mu, z, res, res_prev, f, shift, defl, nulls, j, bad, it + 1
 
   def bottom_not_done(carry):
-    *_, res, _, _, _, _, _, _, it = carry
-    return (it < max_iters) & (res > tol_bottom) | (it < 1)
+    *_, res, _, _, _, _, _, _, bad, it = carry
+    return (it < max_iters) & ((res > tol_bottom) | bad) | (it < 1)
 
   y_in = linalg.orthonormalize(bottom)
   mu0, y0, c0 = inv_ritz(f_guard, y_in)
-  nulls0, j0, z0, res0 = target(f_guard, guard, mu0, y0, c0)
+  nulls0, j0, z0, res0, bad0 = target(f_guard, guard, mu0, y0, c0)
   defl0 = jnp.zeros_like(bottom)
-  yb, _, mub, zb, res_b, _, _, shift_b, defl, nulls, jb, it_b = jax.lax.while_loop(
+  yb, _, mub, zb, res_b, _, _, shift_b, defl, nulls, jb, bad_b, it_b = jax.lax.while_loop(
       bottom_not_done, bottom_body,
-      (y0, c0, mu0, z0, res0, jnp.inf * res0, f_guard, guard, defl0, nulls0, j0, jnp.int32(0)))
+      (y0, c0, mu0, z0, res0, jnp.inf * res0, f_guard, guard, defl0, nulls0, j0, bad0,
+       jnp.int32(0)))
   lam_min = shift_b + 1.0 / mub[jb]
   n_defl = jnp.sum(jnp.any(defl != 0, axis=0)).astype(jnp.int32)
   nulls = nulls + n_defl
@@ -334,7 +344,7 @@ def _warm_one(b, bottom, top, *, kern, rtol, tol, tol_bottom, max_iters):
   # eigenvector of λ_i by √(λ_i/λ_min), and the inverse damps it by ≈ λ_min/λ_i first
   # (measured on an MNIST Hessian with κ = 1e12: residual ‖Sv − λv‖/‖S‖ 3e-17 instead of
   # 9e-11).
-  converged = (res_b <= tol_bottom) & (res_t <= tol) & (nulls < blk)
+  converged = (res_b <= tol_bottom) & (res_t <= tol) & (nulls < blk) & ~bad_b
   e, check = _finish(b, m, n_rows, lam_min, zb, lam_max, xt[:, 0], rtol, it_b + it_t,
                      converged, nulls)
   return e, Basis(yb, xt), check
@@ -409,13 +419,24 @@ def _warm_fn(rtol, tol, tol_bottom, max_iters, batching):
 
     rule = {"map": mapped, "xla": batched_xla, "native": native}
     if batching == "auto":
-      cpu = batched_xla if b.shape[-2] < CPU_CROSSOVER_RANK else mapped
-      out = jax.lax.platform_dependent(*args, cpu=cpu, default=native)
+      out = rule[_auto_rule(b.shape[-2])](*args)
     else:
       out = rule[batching](*args)
     return out, jax.tree.map(lambda _: True, out)
 
   return f
+
+
+def _auto_rule(rank: int) -> str:
+  """The batching rule for the default backend, chosen when the step is traced.
+
+  A trace-time choice: ``jax.lax.platform_dependent`` would pick at lowering time but traces
+  every branch (measured: +1 s per chunk program, +3 s for a sweep's set-up). A program
+  traced for the default backend but compiled for another one keeps this backend's rule.
+  """
+  if jax.default_backend() == "cpu":
+    return "xla" if rank < CPU_CROSSOVER_RANK else "map"
+  return "native"
 
 
 def exact(b: Array, *, block: int = DEFAULT_BLOCK,

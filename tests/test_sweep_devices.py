@@ -35,21 +35,24 @@ SCRIPT = textwrap.dedent("""
     tasks = jax.tree.map(lambda *a: jnp.stack(a), *tasks)
     mesh = sweep.device_mesh()
     tasks = sweep.shard_tasks(sweep.pad_tasks(tasks, 2), mesh)
+    # Every check fails (tol = 0), so the run takes the exact fallback too: the whole
+    # batch (bulk_fraction 0.25) and run by run (1.0).
+    extreme_eigs.DEFAULT_TOL = 0.0
     runs = sweep.shard_tasks(sweep.init_runs(jax.random.key(0), tasks, ("ours",), 2,
                                              learning_rate=0.005, step_scale=0.5), mesh)
     kw = dict(steps=2, loss="bce", imma_steps=0, preconditioned_only=True)
-    state, _, _ = sweep.run_chunk_checked(runs.state, tasks, runs.weights, **kw)
-    ev = sweep.evaluate(state, tasks, loss="bce")
-    assert np.isfinite(np.asarray(ev.rir)).all()
-    # Every check failing (tol = 0): the exact fallback, for the whole batch and run by run,
-    # of a chunk that maps over one task at a time.
-    extreme_eigs.DEFAULT_TOL = 0.0
-    jax.clear_caches()   # the tolerance is read when the step is traced
-    out = [sweep.run_chunk_checked(runs.state, tasks, runs.weights, task_batch=1,
-                                   bulk_fraction=bulk, **kw) for bulk in (0.25, 1.0)]
+    out = [sweep.run_chunk_checked(runs.state, tasks, runs.weights, bulk_fraction=bulk, **kw)
+           for bulk in (0.25, 1.0)]
     for new, terms, fb in out:
       assert fb.all() and new.params.theta.sharding == runs.state.params.theta.sharding
     np.testing.assert_allclose(out[1][0].params.theta, out[0][0].params.theta, rtol=1e-10)
+    ev = sweep.evaluate(out[0][0], tasks, loss="bce")
+    assert np.isfinite(np.asarray(ev.rir)).all()
+    # The chunk that maps over one task at a time (memory-bounded layout): compiled only.
+    mesh_ = sweep._task_mesh(tasks)
+    assert mesh_ is not None
+    sweep._run_chunk.lower(runs.state, tasks, runs.weights, rtol=None, task_batch=1,
+                           mesh=mesh_, exact=False, all_steps=False, **kw).compile()
     print("done")
     """)
 

@@ -42,10 +42,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.roots = True             # eigendecompose rank×rank Grams instead of D×D (same spectra)
   c.eig_solver = "warm"      # "warm": Cholesky + warm-started block iterations, checked,
                              # with exact fallback (immujax/extreme_eigs.py); "eigh": full
-  # Methods that take the full-eigh extremes anyway: Opt κ's −log κ(H_H) term drives
-  # σ_min(H_H) below the rank tolerance, a rank drop the warm check flags; at paper scale
-  # 212 of its 270 run-chunks fell back (measured), paying for both paths.
-  c.eig_exact_methods = ("opt_kappa",)
+  # Methods that take the full-eigh extremes anyway (none: the warm path handles the rank
+  # drops of Opt κ and IMMA since issue 18; before, 212 of Opt κ's 270 run-chunks fell back).
+  c.eig_exact_methods = ()
   if variant in ("paper", "paper_ours"):
     c.source = "idx"
     c.pool = 1
