@@ -217,10 +217,14 @@ def _eigh_vmap(axis_size, in_batched, s):
   # the sub-tasks and the process deadlocks (observed with jaxlib 0.10.2 on 2 cores). A
   # sequential map of unbatched calls has no nested parallelism. Parallelism across runs
   # comes from sharding the batch over devices instead (BUILD_NOTES.md, "XLA:CPU deadlock").
+  # Other backends keep their native batched eigh (chosen for the default backend when the
+  # program is traced).
   del axis_size
   if not in_batched[0]:
     return _eigh(s), (False, False)
-  return jax.lax.map(_eigh, s), (True, True)
+  if jax.default_backend() == "cpu":
+    return jax.lax.map(_eigh, s), (True, True)
+  return jax.vmap(lambda m: tuple(jnp.linalg.eigh(m)))(s), (True, True)
 
 
 def extremes(s: Array, *, rtol: float | None = None) -> Extremes:

@@ -137,20 +137,48 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     return jax.tree.map(flat, states), jax.tree.map(flat, ws)
 
   axes = task_axes(tasks)
-  if not task_batch:
-    states, ws = jax.jit(jax.vmap(one_task, in_axes=(axes,)))(tasks)
-    return Runs(states, ws)
-  # Memory-bounded: task_batch tasks at a time (lax.map maps every leaf over its leading
-  # axis, so a shared pool goes in by closure, as in run_chunk).
+  # lax.map maps every leaf over its leading axis: a shared pool goes in by closure.
   pool = tasks.x_p if axes.x_p is None else None
   batched = tasks._replace(x_p=None) if pool is not None else tasks
 
-  @jax.jit
-  def mapped(batched, pool):
-    return jax.lax.map(lambda t: one_task(t if pool is None else t._replace(x_p=pool)),
-                       batched, batch_size=task_batch)
-  states, ws = mapped(batched, pool)
+  def local(batched, pool):
+    with_pool = lambda t: t if pool is None else t._replace(x_p=pool)
+    if not task_batch:
+      t = with_pool(batched)
+      return jax.vmap(one_task, in_axes=(task_axes(t),))(t)
+    # Memory-bounded: task_batch tasks at a time.
+    return jax.lax.map(lambda t: one_task(with_pool(t)), batched, batch_size=task_batch)
+
+  states, ws = jax.jit(_per_device(local, _task_mesh(tasks)))(batched, pool)
   return Runs(states, ws)
+
+
+def _task_mesh(tree) -> Mesh | None:
+  """The mesh whose first axis splits the task axis of ``tree``'s arrays, if several devices.
+
+  A batch placed with :func:`shard_tasks` (or split over processes) is computed with
+  ``shard_map`` over that mesh: each device steps its own tasks and the compiled program
+  holds no collective. Under plain ``jit`` XLA's partitioner would instead gather the
+  batch inside the solvers' sequential maps (an all-gather in every step), and a vmapped
+  ``while_loop`` over a split batch needs its predicate reduced across devices in every
+  iteration — collectives that stall (XLA:CPU aborts a rendezvous after 40 s) when one
+  device runs behind.
+  """
+  for a in jax.tree.leaves(tree):
+    sharding = getattr(a, "sharding", None)
+    if (isinstance(sharding, NamedSharding) and sharding.mesh.size > 1
+        and len(sharding.spec) and sharding.spec[0] is not None):
+      return sharding.mesh
+  return None
+
+
+def _per_device(local, mesh: Mesh | None):
+  """``local(batched, pool)`` on every device's share of the task axis (or as it is)."""
+  if mesh is None:
+    return local
+  split = PartitionSpec(mesh.axis_names[0])
+  return jax.shard_map(local, mesh=mesh, in_specs=(split, PartitionSpec()), out_specs=split,
+                       check_vma=False)
 
 
 def split_by_method(tree, methods: Sequence[str], seeds: int) -> tuple:
@@ -244,9 +272,6 @@ def shard_tasks(tree, mesh: Mesh):
       lambda a, ax: jax.device_put(a, replicated if ax is None else split), tree)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "imma_inner_steps",
-                                             "rtol", "preconditioned_only", "task_batch",
-                                             "mesh", "exact", "all_steps"))
 def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Weights, *,
               steps: int, loss: str = "mse", imma_steps: int = 5,
               imma_inner_steps: int = immunize.IMMA_INNER_STEPS, rtol: float | None = None,
@@ -266,8 +291,10 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
       ``T`` tasks at once, which on a CPU is no faster than groups (see README,
       "Performance") but needs every run's temporaries together: 360 runs at D = 784 take
       more than 24 GB.
-    mesh: with ``task_batch``, the mesh the task axis is sharded over (``device_mesh``):
-      each device maps over its own tasks (``jax.shard_map``).
+    mesh: the mesh the task axis is sharded over (``device_mesh``): each device steps its
+      own tasks (``jax.shard_map``), all at once or ``task_batch`` at a time, and the
+      compiled chunk holds no cross-device collective. Default: the mesh the inputs are
+      placed on (:func:`shard_tasks`), if it has several devices.
     exact: force the full-``eigh`` extremes on runs that carry a warm-start basis.
     all_steps: return every step's terms, shape ``(T, R, steps)``, instead of the last.
 
@@ -276,6 +303,20 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
     ``eig_ok`` and ``eig_residual``, which summarize the whole chunk (all steps ok; largest
     residual) so that a failed check anywhere in the chunk is seen.
   """
+  if task_batch is not None and task_batch < 1:
+    raise ValueError(f"`task_batch` must be a positive number of tasks; got {task_batch}.")
+  if mesh is None:
+    mesh = _task_mesh((state, tasks, weights))
+  return _run_chunk(state, tasks, weights, steps=steps, loss=loss, imma_steps=imma_steps,
+                    imma_inner_steps=imma_inner_steps, rtol=rtol, preconditioned_only=preconditioned_only,
+                    task_batch=task_batch, mesh=mesh, exact=exact, all_steps=all_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "imma_inner_steps",
+                                             "rtol", "preconditioned_only", "task_batch",
+                                             "mesh", "exact", "all_steps"))
+def _run_chunk(state, tasks, weights, *, steps, loss, imma_steps, imma_inner_steps, rtol,
+               preconditioned_only, task_batch, mesh, exact, all_steps):
   def per_run(s, task, w):
     s, terms = immunize.run_steps(s, task, w, steps=steps, loss=loss,
                                   imma_steps=imma_steps, imma_inner_steps=imma_inner_steps,
@@ -283,26 +324,32 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
                                   exact=exact)
     return s, terms if all_steps else _chunk_summary(terms)
   per_task = jax.vmap(per_run, in_axes=(0, None, 0))
-  axes = task_axes(tasks)
-  if task_batch is None:
-    return jax.vmap(per_task, in_axes=(0, axes, 0))(state, tasks, weights)
-  if task_batch < 1:
-    raise ValueError(f"`task_batch` must be a positive number of tasks; got {task_batch}.")
   # lax.map maps every leaf over its leading axis: pass a shared pool by closure instead.
-  pool = tasks.x_p if axes.x_p is None else None
+  pool = tasks.x_p if task_axes(tasks).x_p is None else None
   batched = tasks._replace(x_p=None) if pool is not None else tasks
 
   def local(state, batched, weights, pool):
+    with_pool = lambda t: t if pool is None else t._replace(x_p=pool)
+    if task_batch is None:
+      t = with_pool(batched)
+      return jax.vmap(per_task, in_axes=(0, task_axes(t), 0))(state, t, weights)
+
     def one(args):
       s, t, w = args
-      return per_task(s, t if pool is None else t._replace(x_p=pool), w)
+      return per_task(s, with_pool(t), w)
     return jax.lax.map(one, (state, batched, weights), batch_size=task_batch)
 
   if mesh is None:
     return local(state, batched, weights, pool)
-  split, whole = PartitionSpec("tasks"), PartitionSpec()
+  split, whole = PartitionSpec(mesh.axis_names[0]), PartitionSpec()
+  # check_vma=False: nothing here communicates (every device steps its own tasks), and the
+  # solvers' loops start from constants that the varying-axes check would reject.
   return jax.shard_map(local, mesh=mesh, in_specs=(split, split, split, whole),
-                       out_specs=split)(state, batched, weights, pool)
+                       out_specs=split, check_vma=False)(state, batched, weights, pool)
+
+
+# The compiled chunks (one per static configuration), as on a jitted function.
+run_chunk._cache_size = _run_chunk._cache_size  # pylint: disable=protected-access
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "imma_inner_steps",
@@ -365,16 +412,73 @@ def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
       ("steps", None), ("loss", "mse"), ("imma_steps", 5),
       ("imma_inner_steps", immunize.IMMA_INNER_STEPS), ("rtol", None),
       ("preconditioned_only", False), ("all_steps", False))}
-  axes = task_axes(tasks)
   for t, r in np.argwhere(~ok):
-    run = lambda tree: jax.tree.map(lambda a: a[t, r], tree)
-    task = jax.tree.map(lambda ax, a: None if a is None else (a if ax is None else a[t]),
-                        axes, tasks, is_leaf=lambda x: x is None)
-    fixed, fixed_terms = _exact_run(run(state), task, run(weights), **static)
-    put = lambda tree, leaf: jax.tree.map(lambda a, v: a.at[t, r].set(v), tree, leaf)
-    new = put(new, fixed)
-    terms = put(terms, fixed_terms._replace(eig_ok=jnp.zeros_like(fixed_terms.eig_ok)))
+    new, terms = _recompute_run(int(t), int(r), state, tasks, weights, new, terms, static)
   return new, terms, ~ok
+
+
+def _shards_with_row(a, t: int):
+  """``[(shard data, local row)]`` of the addressable shards of ``a`` holding row ``t``."""
+  if not isinstance(a, jax.Array):
+    return [(jnp.asarray(a), t)]
+  out = []
+  for sh in a.addressable_shards:
+    rows = sh.index[0] if sh.index else slice(None)
+    start = rows.start or 0
+    stop = a.shape[0] if rows.stop is None else rows.stop
+    if start <= t < stop:
+      out.append((sh.data, t - start))
+  return out
+
+
+def _recompute_run(t, r, state, tasks, weights, new, terms, static):
+  """Recomputes run ``(t, r)`` exactly on a device that holds it; returns ``(new, terms)``.
+
+  Every array is indexed shard by shard, so no program spans two devices: indexing a split
+  array as a whole compiles to a select and an all-reduce across devices, a collective that
+  a loaded device can stall past XLA:CPU's 40 s rendezvous timeout. A run held by another
+  process is left to that process.
+  """
+  held = _shards_with_row(jax.tree.leaves(new)[0], t)
+  if not held:
+    return new, terms
+  device = next(iter(held[0][0].devices()))
+
+  def row(a, *index):
+    # a[index] from a shard of `a` on `device` (else from any shard holding it, moved there).
+    found = _shards_with_row(a, index[0])
+    data, i = next(((d, i) for d, i in found if device in d.devices()), found[0])
+    return jax.device_put(data[(i,) + index[1:]], device)
+
+  def whole(a):
+    # A shared pool: this device's copy.
+    shards = a.addressable_shards if isinstance(a, jax.Array) else []
+    mine = [sh.data for sh in shards if sh.device == device]
+    return mine[0] if mine else jax.device_put(a, device)
+
+  run = lambda tree: jax.tree.map(lambda a: row(a, t, r), tree)
+  task = jax.tree.map(lambda ax, a: None if a is None else (whole(a) if ax is None
+                                                             else row(a, t)),
+                      task_axes(tasks), tasks, is_leaf=lambda x: x is None)
+  fixed, fixed_terms = _exact_run(run(state), task, run(weights), **static)
+  fixed_terms = fixed_terms._replace(eig_ok=jnp.zeros_like(fixed_terms.eig_ok))
+
+  def put(a, value):
+    # Writes `value` into row (t, r) of every local shard holding row t; rebuilds `a`.
+    if not isinstance(a, jax.Array) or len(a.addressable_shards) == 1:
+      return jnp.asarray(a).at[t, r].set(value)
+    parts = []
+    for sh in a.addressable_shards:
+      rows = sh.index[0] if sh.index else slice(None)
+      start = rows.start or 0
+      stop = a.shape[0] if rows.stop is None else rows.stop
+      data = sh.data
+      if start <= t < stop:
+        data = data.at[t - start, r].set(jax.device_put(value, sh.device))
+      parts.append(data)
+    return jax.make_array_from_single_device_arrays(a.shape, a.sharding, parts)
+
+  return (jax.tree.map(put, new, fixed), jax.tree.map(put, terms, fixed_terms))
 
 
 class Evaluation(NamedTuple):
@@ -386,14 +490,20 @@ class Evaluation(NamedTuple):
   finite: Array           # False if the run diverged
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "kappa"))
 def evaluate(state: immunize.State, tasks: immunize.Task, *, loss: str = "mse",
              kappa: str = "pinv") -> Evaluation:
   """RIR (Eq. 15, against the identity) and the D_P loss of every run.
 
   κ(K_P), κ(K_H) are computed once per task; with roots (``Task.root_p``) every κ comes from
-  the small Grams (``spectral.gram_extremes``), the same non-zero spectra.
+  the small Grams (``spectral.gram_extremes``), the same non-zero spectra. A batch split
+  over several devices is evaluated device by device (``shard_map``, no collective).
   """
+  return _evaluate(state.params, tasks, loss=loss, kappa=kappa,
+                   mesh=_task_mesh((state.params, tasks)))
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "kappa", "mesh"))
+def _evaluate(params, tasks, *, loss, kappa, mesh):
   def per_task(params, task):
     lk_p0, lk_h0 = _log_kappas(None, task, kappa)
 
@@ -410,7 +520,15 @@ def evaluate(state: immunize.State, tasks: immunize.Task, *, loss: str = "mse",
 
     return jax.vmap(per_run)(params)
 
-  return jax.vmap(per_task, in_axes=(0, task_axes(tasks)))(state.params, tasks)
+  pool = tasks.x_p if task_axes(tasks).x_p is None else None
+  batched = tasks._replace(x_p=None) if pool is not None else tasks
+
+  def local(args, pool):
+    params, batched = args
+    t = batched if pool is None else batched._replace(x_p=pool)
+    return jax.vmap(per_task, in_axes=(0, task_axes(t)))(params, t)
+
+  return _per_device(local, mesh)((params, batched), pool)
 
 
 def _log_kappas(theta, task, kappa):

@@ -17,6 +17,7 @@ from immujax import sweep
 
 EIG_RTOL = 1e-10
 VEC_TOL = 1e-8
+_warm, _exact = jax.jit(xe.warm), jax.jit(xe.exact)   # compiled once per shape
 
 
 def _graded_root(rng, r, d, *, pad=0, spread=1e6, bottom_gap=None):
@@ -61,7 +62,7 @@ def test_warm_matches_eigh_at_every_step(case):
   kw = {"full_rank": {}, "padded": {"pad": 7},
         "near_degenerate_bottom": {"bottom_gap": 1e-3}}[case]
   root = _graded_root(rng, 40, 48, **kw)
-  warm, exact = jax.jit(xe.warm), jax.jit(xe.exact)
+  warm, exact = _warm, _exact
   basis = None
   for theta in _trajectory(rng, root):
     b = jnp.asarray(root @ theta)
@@ -84,53 +85,87 @@ def test_extremes_match_gram_extremes_and_rank_of_padded_root():
   rng = np.random.default_rng(3)
   root = _graded_root(rng, 30, 36, pad=5)
   b = jnp.asarray(root @ np.linalg.qr(rng.normal(size=(36, 36)))[0])
-  e0, basis, _ = xe.exact(b)
+  e0, basis, _ = _exact(b)
   ref = spectral.gram_extremes(b)
   assert int(e0.rank) == int(ref.rank) == 25
-  e, _, check = xe.warm(b, basis)
+  e, _, check = _warm(b, basis)
   assert bool(check.ok)
   _assert_matches(e, ref)
 
 
-def test_rank_drop_is_flagged_not_hidden():
-  # θ maps one direction of K's range to (almost) zero: H loses a rank below the tolerance.
-  rng = np.random.default_rng(4)
-  root = _graded_root(rng, 20, 24, spread=10.0)
-  theta = np.linalg.qr(rng.normal(size=(24, 24)))[0]
-  _, basis, _ = xe.exact(jnp.asarray(root @ theta))
-  u = np.linalg.svd(root @ theta)[2][0]          # a row-space direction of B
-  theta_low = theta @ (np.eye(24) - (1 - 1e-9) * np.outer(u, u))
-  b = jnp.asarray(root @ theta_low)
-  e, _, check = xe.warm(b, basis)
+def _rank_dropped(rng, nulls, r=20, d=24):
+  """B = Rθ at θ0 and at θ0 with ``nulls`` row-space directions of B crushed by 1e-9."""
+  root = _graded_root(rng, r, d, spread=10.0)
+  theta = np.linalg.qr(rng.normal(size=(d, d)))[0]
+  u = np.linalg.svd(root @ theta)[2][:nulls]          # row-space directions of B
+  theta_low = theta @ (np.eye(d) - (1 - 1e-9) * u.T @ u)
+  return jnp.asarray(root @ theta), jnp.asarray(root @ theta_low)
+
+
+@pytest.mark.parametrize("nulls", [1, 2])
+def test_rank_drop_is_handled_on_the_warm_path(nulls):
+  # θ crushes directions of K's range: H loses ranks far below the tolerance (eigenvalues
+  # 1e-18 of the rest, as Opt κ and IMMA produce). The warm solve finds the nulls, deflates
+  # them and returns the smallest NON-zero pair and the rank, as the exact path does; the
+  # next step starts from a block holding the nulls and needs a single iteration.
+  b0, b = _rank_dropped(np.random.default_rng(4), nulls)
+  _, basis, _ = _exact(b0)
+  e0, _, _ = _exact(b)
+  assert int(e0.rank) == 20 - nulls
+  e, basis, check = _warm(b, basis)
+  assert bool(check.ok), check
+  _assert_matches(e, e0)
+  e, _, check = _warm(b, basis)
+  assert bool(check.ok) and int(check.iterations) <= 2
+  _assert_matches(e, e0)
+
+
+def test_more_nulls_than_the_block_holds_are_flagged_not_hidden():
+  b0, b = _rank_dropped(np.random.default_rng(4), 4)
+  _, basis, _ = _exact(b0)
+  e, _, check = _warm(b, basis)
   assert not bool(check.ok)
-  assert int(spectral.gram_extremes(b).rank) == 19
+  assert int(spectral.gram_extremes(b).rank) == 16
 
 
 def test_failed_factorization_is_flagged():
   # A basis that is NaN (a corrupted state) cannot give a trusted answer.
   rng = np.random.default_rng(5)
   b = jnp.asarray(_graded_root(rng, 10, 12))
-  _, basis, _ = xe.exact(b)
+  _, basis, _ = _exact(b)
   bad = xe.Basis(basis.bottom * np.nan, basis.top)
-  _, _, check = xe.warm(b, bad)
+  _, _, check = _warm(b, bad)
   assert not bool(check.ok)
 
 
-def test_vmapped_equals_looped_and_does_not_deadlock():
-  # Under vmap the solver is a sequential map of unbatched LAPACK calls (jaxlib 0.10.x's
-  # batched CPU kernels deadlock); the results must equal one-at-a-time calls (to round-off:
-  # XLA may fuse the two programs differently).
+def test_every_batching_rule_equals_looped_calls():
+  # Under vmap the solver runs as a sequential map of unbatched LAPACK calls (the CPU rule:
+  # jaxlib 0.10.x's batched CPU kernels deadlock when several run at once), as one batched
+  # computation on the plain-XLA kernels of immujax.linalg, or on jnp.linalg's native
+  # batched kernels (the GPU/TPU rule; on a CPU with one device and one solve at a time it
+  # does not deadlock). All three must give the one-at-a-time results, to the solver's
+  # tolerances (the iterates differ by round-off), including a rank-dropped member.
   rng = np.random.default_rng(6)
   root = _graded_root(rng, 16, 20)
-  bs = jnp.stack([jnp.asarray(root @ t) for t in _trajectory(rng, root, steps=3)])
-  _, basis, _ = jax.vmap(xe.exact)(bs)
-  shifted = jnp.roll(bs, 1, axis=0)                 # warm-start each from its neighbour
-  e_v, _, c_v = jax.jit(jax.vmap(xe.warm))(shifted, basis)
-  for i in range(bs.shape[0]):
-    e_i, _, c_i = xe.warm(shifted[i], jax.tree.map(lambda a: a[i], basis))
-    np.testing.assert_allclose(np.asarray(e_v.sigma_min[i]), np.asarray(e_i.sigma_min),
-                               rtol=1e-13)
-    assert bool(c_v.ok[i]) == bool(c_i.ok)
+  bs = [jnp.asarray(root @ t) for t in _trajectory(rng, root, steps=3)]
+  _, basis, _ = jax.vmap(xe.exact)(jnp.stack(bs))
+  b0, b1 = _rank_dropped(np.random.default_rng(4), 1, r=16, d=20)
+  shifted = jnp.stack(bs[1:] + [b1])                # warm-start each from its neighbour,
+  basis = jax.tree.map(lambda a, a0: a.at[-1].set(a0), basis, _exact(b0)[1])
+  bs = shifted                                      # the last one from before its rank drop
+  looped = [_warm(shifted[i], jax.tree.map(lambda a: a[i], basis))
+            for i in range(bs.shape[0])]
+  for rule in ("map", "xla", "native"):
+    e_v, _, c_v = jax.jit(jax.vmap(lambda b, s: xe.warm(b, s, batching=rule)))(shifted, basis)
+    for i, (e_i, _, c_i) in enumerate(looped):
+      assert bool(c_v.ok[i]) == bool(c_i.ok), rule
+      if bool(c_i.ok):
+        np.testing.assert_allclose(float(e_v.sigma_min[i]), float(e_i.sigma_min),
+                                   rtol=1e-10, err_msg=rule)
+        np.testing.assert_allclose(float(e_v.sigma_max[i]), float(e_i.sigma_max),
+                                   rtol=1e-12, err_msg=rule)
+        assert _sign_dist(e_v.v_min[i], e_i.v_min) < VEC_TOL, rule
+        assert int(e_v.rank[i]) == int(e_i.rank), rule
 
 
 def _tiny_tasks(seed=0, t=3, d=14, r=12):
@@ -170,20 +205,20 @@ def test_sweep_warm_matches_eigh_for_ours_and_counts_fallbacks():
   np.testing.assert_allclose(out["warm"][:, 4:], out["eigh"][:, 4:], rtol=1e-6)
 
 
-@pytest.mark.parametrize("bulk_fraction", [0.25, 1.0])   # whole batch at once / run by run
-def test_fallback_recomputes_flagged_runs_exactly(monkeypatch, bulk_fraction):
+def test_fallback_recomputes_flagged_runs_exactly(monkeypatch):
   # Force every warm check to fail (no residual is ever below tol = 0): the checked chunk
   # must then equal the exact path (to round-off: one run alone vs the vmapped program) and
-  # flag every run.
+  # flag every run — recomputed run by run (bulk_fraction 1) or as a whole batch (0.25).
   tasks = _tiny_tasks(seed=2, t=2)
   runs = sweep.init_runs(jax.random.key(2), tasks, ("ours",), 1, learning_rate=0.005,
                          step_scale=0.5)
-  ref, _ = sweep.run_chunk(runs.state, tasks, runs.weights, steps=3, loss="bce", exact=True)
   monkeypatch.setattr(xe, "DEFAULT_TOL", 0.0)
   jax.clear_caches()   # the tolerance is read when the step is traced
-  new, terms, fb = sweep.run_chunk_checked(runs.state, tasks, runs.weights, steps=3,
-                                           loss="bce", bulk_fraction=bulk_fraction)
+  out = [sweep.run_chunk_checked(runs.state, tasks, runs.weights, steps=3, loss="bce",
+                                 bulk_fraction=bulk) for bulk in (1.0, 0.25)]
+  ref, _ = sweep.run_chunk(runs.state, tasks, runs.weights, steps=3, loss="bce", exact=True)
   jax.clear_caches()
-  assert fb.all() and not np.asarray(terms.eig_ok).any()
-  np.testing.assert_allclose(np.asarray(new.params.theta), np.asarray(ref.params.theta),
-                             rtol=1e-11, atol=1e-13)
+  for new, terms, fb in out:
+    assert fb.all() and not np.asarray(terms.eig_ok).any()
+    np.testing.assert_allclose(np.asarray(new.params.theta), np.asarray(ref.params.theta),
+                               rtol=1e-11, atol=1e-13)
