@@ -35,6 +35,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+__all__ = [
+    "add_state_field",
+    "Checkpointer",
+    "LayoutError",
+    "STATE_MIGRATIONS",
+    "STATE_VERSION",
+]
+
 Migration = Optional[Callable[[dict], dict]]
 
 STATE_FIELDS = frozenset({"params", "opt_state", "step"})

@@ -36,6 +36,21 @@ from immujax.runner import checkpoints
 from immujax.runner import distributed
 from immujax.runner import workdir as workdir_lib
 
+__all__ = [
+    "data_dir",
+    "defaults",
+    "Definer",
+    "echo",
+    "field_meanings",
+    "field_paths",
+    "launch",
+    "load_config",
+    "meaning_of",
+    "os_error_line",
+    "overrides",
+    "run",
+]
+
 KNOWN_ERRORS = (ValueError, OSError)
 HELP_ARGS = ("--help", "-h", "-?", "--helpfull", "--helpshort")
 

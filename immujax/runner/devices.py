@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import os
 
+__all__ = [
+    "configure",
+    "describe",
+]
+
 _FLAG = "--xla_force_host_platform_device_count"
 
 

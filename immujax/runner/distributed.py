@@ -16,6 +16,18 @@ import numpy as np
 
 from immujax.runner import validate as check
 
+__all__ = [
+    "barrier",
+    "initialize",
+    "is_initialized",
+    "is_main_process",
+    "Launch",
+    "local_rows",
+    "put_global",
+    "to_host",
+    "validate",
+]
+
 # Environment variables that mean "a cluster launched this process": with none of the three
 # values given, jax.distributed.initialize() then finds the coordinator by itself.
 CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",

@@ -19,6 +19,13 @@ import numpy as np
 
 from immujax.runner import checkpoints as checkpoint_lib
 
+__all__ = [
+    "Progress",
+    "run_chunked",
+    "run_in_workdir",
+    "WallClock",
+]
+
 
 class Progress(NamedTuple):
   """What a progress callback is told after each chunk (and, optionally, once before).

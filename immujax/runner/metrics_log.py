@@ -41,6 +41,12 @@ import numpy as np
 
 from immujax.runner import outputs
 
+__all__ = [
+    "load_runs",
+    "MetricsLog",
+    "read_jsonl",
+]
+
 # Term name in the logs -> field of immunize.Terms.
 TERMS = {"dp_loss": "supervised", "r_well": "r_well", "r_ill": "r_ill",
          "log_kappa_hp": "log_kappa_p", "log_kappa_hh": "log_kappa_h",

@@ -16,6 +16,15 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+__all__ = [
+    "pyplot",
+    "save_figure",
+    "to_jsonable",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]
+
 
 def _umask() -> int:
   mask = os.umask(0o022)

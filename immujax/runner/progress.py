@@ -8,6 +8,10 @@ import time
 
 from immujax.runner import loop
 
+__all__ = [
+    "printer",
+]
+
 
 def fmt_seconds(s: float) -> str:
   """``m:ss`` or ``h:mm:ss``.

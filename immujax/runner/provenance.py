@@ -25,6 +25,11 @@ from typing import Optional
 
 import jax
 
+__all__ = [
+    "notes",
+    "record",
+]
+
 
 @functools.cache
 def git_commit() -> Optional[str]:

@@ -11,6 +11,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+__all__ = [
+    "no_ignored_overrides",
+    "positive_int",
+]
+
 
 def _is_int(value) -> bool:
   return not isinstance(value, bool) and isinstance(value, (int, np.integer))

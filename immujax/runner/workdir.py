@@ -29,6 +29,15 @@ from typing import Optional
 from immujax.data import fingerprint
 from immujax.runner import outputs
 
+__all__ = [
+    "claim",
+    "forget",
+    "next_aside",
+    "release",
+    "validate",
+    "validate_data_dir",
+]
+
 OUTPUTS = ("results.json", "report.json", "extractors.npz")
 """Files whose presence means a run finished in the workdir."""
 

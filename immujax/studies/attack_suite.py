@@ -37,6 +37,17 @@ from immujax.studies import house_price
 from immujax.studies import mnist_pairs
 from immujax.studies import tables
 
+__all__ = [
+    "Dataset",
+    "load_mnist_workdir",
+    "rebuild",
+    "rebuild_workdir",
+    "run",
+    "run_suite",
+    "table",
+    "verdict_summary",
+]
+
 PAPER_RIR_OURS = {"house": 356.2, "mnist": 70.04}   # Table 1 and Table 2 of the paper
 Echo = Optional[Callable[[str], None]]
 

@@ -35,6 +35,11 @@ from immujax.runner import provenance
 from immujax.runner import workdir as workdir_lib
 from immujax.studies import tables
 
+__all__ = [
+    "attack_names",
+    "run",
+]
+
 Echo = Optional[Callable[[str], None]]
 ATTACKS = ("linear_probe", "full", "lora")
 

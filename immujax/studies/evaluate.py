@@ -30,6 +30,14 @@ from immujax.studies import house_price
 from immujax.studies import mnist_pairs
 from immujax.studies import tables
 
+__all__ = [
+    "check_flags",
+    "load_inputs",
+    "load_npz",
+    "plot_report",
+    "run",
+]
+
 Echo = Optional[Callable[[str], None]]
 
 

@@ -36,6 +36,14 @@ from immujax.runner import provenance
 from immujax.runner import workdir as workdir_lib
 from immujax.studies import tables
 
+__all__ = [
+    "Extractors",
+    "load",
+    "load_workdir",
+    "run",
+    "train_in_process",
+]
+
 # Table 1 of the paper (means; digest §5.1).
 PAPER_TABLE1 = {
     "r_ill_only": (90.02, 72.42, 1.24),

@@ -29,6 +29,10 @@ from immujax.runner import provenance
 from immujax.runner import workdir as workdir_lib
 from immujax.studies import tables
 
+__all__ = [
+    "run",
+]
+
 Echo = Optional[Callable[[str], None]]
 
 

@@ -37,6 +37,18 @@ from immujax.runner import provenance
 from immujax.runner import workdir as workdir_lib
 from immujax.studies import tables
 
+__all__ = [
+    "build_tasks",
+    "init_runs",
+    "load_images",
+    "pool_images",
+    "resolve_source",
+    "restore_runs",
+    "run",
+    "workdir_config",
+    "workdir_images",
+]
+
 # Table 2 of the paper: mean RIR over the 90 pairs (digest §5.2), and Fig. 2's success counts.
 PAPER_TABLE2 = {"r_ill_only": 1.93, "imma": 1.77, "opt_kappa": 69.73, "ours": 70.04}
 PAPER_SUCCESS = {"r_ill_only": 0, "imma": 1, "opt_kappa": 58, "ours": 90}

@@ -7,6 +7,13 @@ from typing import Sequence
 
 import numpy as np
 
+__all__ = [
+    "fmt_pm",
+    "mean_std",
+    "name",
+    "rows_of",
+]
+
 NAMES = {"ours": "Ours", "r_ill_only": "R_ill Only", "imma": "IMMA", "opt_kappa": "Opt κ",
          "opt_kappa_log": "Opt κ (log)", "opt_kappa_loglog": "Opt κ (log log)",
          "imma_unrolled": "IMMA (unrolled)", "identity": "Identity",
