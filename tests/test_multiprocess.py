@@ -116,9 +116,11 @@ def test_house_two_processes_resume_equal_one(tmp_path, house_dir):
   res2, b = _rir(two)
   assert res2["processes"] == 2
   for m in a:
-    # As the 4-device MNIST test; one process runs the (1, R) layout, two the (R, 1) one
-    # (measured: ≤ 4e-7 relative, Opt κ).
-    np.testing.assert_allclose(b[m], a[m], rtol=1e-4)
+    # One process runs the (1, R) layout, two the (R, 1) one: another summation order. Opt κ
+    # is chaotic (BUILD_NOTES, "Opt κ is chaotic": round-off grows ≈ 10² per step), so its
+    # RIR moves (measured 3.8e-3 relative, 2026-12-05); the others agree to round-off.
+    rtol = 5e-2 if m.startswith("opt_kappa") else 1e-6
+    np.testing.assert_allclose(b[m], a[m], rtol=rtol)
   recs = [json.loads(ln) for ln in (two / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in recs] == list(range(1, 41))   # resumed without duplicates
 

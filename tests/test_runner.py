@@ -215,6 +215,7 @@ def _quick_ours_config():
   cfg = config.get_config("quick")
   cfg.methods = ("ours",)
   cfg.pairs = ((0, 1),)
+  cfg.eig_exact_methods = ("opt_kappa",)   # 625bdaf's default, recorded in the fixtures
   config.validate(cfg)
   return cfg
 
@@ -230,8 +231,10 @@ def test_previous_layout_625bdaf_resumes_to_the_same_result(tmp_path, caplog):
   assert any("resuming from step 2 of 4" in ln for ln in lines)
   assert any("records no data fingerprint" in ln for ln in lines)
   fresh = mnist_pairs.run(_quick_ours_config(), tmp_path / "fresh")
-  np.testing.assert_array_equal(np.asarray(resumed["methods"]["ours"]["rir"], float),
-                                np.asarray(fresh["methods"]["ours"]["rir"], float))
+  # Not bit for bit: the fixture's first two steps ran 625bdaf's warm solver, whose
+  # round-off issue 18 changed (measured 1.4e-13 relative).
+  np.testing.assert_allclose(np.asarray(resumed["methods"]["ours"]["rir"], float),
+                             np.asarray(fresh["methods"]["ours"]["rir"], float), rtol=1e-10)
   assert checkpoints.Checkpointer(old / "checkpoints").restore_metadata(4)[
       "layout_version"] == checkpoints.STATE_VERSION
 

@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent("""
     extreme_eigs.DEFAULT_TOL = 0.0
     runs = sweep.shard_tasks(sweep.init_runs(jax.random.key(0), tasks, ("ours",), 2,
                                              learning_rate=0.005, step_scale=0.5), mesh)
-    kw = dict(steps=2, loss="bce", imma_steps=0, preconditioned_only=True)
+    kw = dict(steps=2, loss="bce", imma_steps=0, imma_inner_steps=0, preconditioned_only=True)
     out = [sweep.run_chunk_checked(runs.state, tasks, runs.weights, bulk_fraction=bulk, **kw)
            for bulk in (0.25, 1.0)]
     for new, terms, fb in out:
