@@ -12,7 +12,7 @@ seed[, pair]) is a run, plus one unimmunized run per seed[, pair]. Writes ``fron
 ``fronts.npz`` (θ of every point and the K_P, K_H it was evaluated with), ``fronts.png`` and
 ``table.md`` into ``--workdir``; checkpoints after every chunk and resumes when rerun (on the
 same data: a changed data file is refused, see ``--move_aside``). Take any point to every
-attacker with ``experiments.attack_suite --front_workdir=DIR --point=front``. The logic
+attacker with ``experiments.evaluate --extractor=DIR --point=front --data=house``. The logic
 lives in :mod:`immujax.studies.tradeoff`.
 """
 

@@ -18,7 +18,7 @@ Variants (``--config=experiments/configs/tradeoff.py:<variant>``):
   (default)   house: Table 1's schedule, 4 methods × 13 strengths × 5 seeds;
               mnist: Table 2's main job (embedded sample, 14×14, 90 pairs), 4 methods ×
               8 strengths.
-  quick       tiny schedule for tests and CI (house: 2 seeds × 3 strengths × 20 steps;
+  quick       tiny schedule for tests and CI (house: 2 seeds × 2–3 strengths × 10 steps;
               mnist: 3 pairs at 7×7).
   paper_ours  MNIST at paper scale (full MNIST IDX files, 28×28, 5,421 images per digit,
               90 pairs), Ours only, 8 strengths.
@@ -90,11 +90,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.task_batch = 0           # MNIST: 0 = all pairs at once; n = n pairs at a time (memory)
   if variant == "quick":
     c.seeds = 2
-    c.steps = 20
-    c.chunk_steps = 10
+    c.steps = 10
+    c.chunk_steps = 5
     c.house_strengths = ml_collections.ConfigDict(dict(
-        ours=(0.1, 1.0, 2.0), r_ill_only=(0.01, 0.1, 1.0), opt_kappa=(1e-3, 0.01, 1.0),
-        imma=(1e-3, 0.01, 1.0)))
+        ours=(0.1, 1.0, 2.0), r_ill_only=(0.1, 1.0), opt_kappa=(0.01, 1.0), imma=(0.01, 1.0)))
     c.mnist_strengths = ml_collections.ConfigDict(dict(
         ours=(0.1, 1.0), r_ill_only=(0.1, 1.0), opt_kappa=(0.01, 1.0), imma=(0.01, 1.0)))
     c.pairs = ((0, 1), (3, 8), (7, 2))
