@@ -398,6 +398,10 @@ def verdict(result: dict, methods) -> list[str]:
   """The answer first: who dominates at which budget, Ours' best at +0.1 %."""
   sm = result["summary"]
   lines = []
+  def share(m, b):
+    d = sm[m][str(b)]
+    return "" if d["n"] == d["groups"] else f" ({d['n']}/{d['groups']})"
+
   for b in BUDGETS:
     best = {m: sm[m][str(b)]["mean"] for m in methods if sm[m][str(b)]["n"]}
     if not best:
@@ -405,10 +409,13 @@ def verdict(result: dict, methods) -> list[str]:
       continue
     top = max(best, key=best.get)
     lines.append(f"- at +{b:.1%} D_P loss: **{tables.name(top)}** reaches the highest RIR "
-                 f"({best[top]:.4g}, mean of the per-seed bests)"
-                 + (", then " + ", ".join(f"{tables.name(m)} {v:.3g}" for m, v in sorted(
-                     best.items(), key=lambda kv: -kv[1]) if m != top) if len(best) > 1 else "")
-                 + ".")
+                 f"({best[top]:.4g}{share(top, b)}, mean of the per-group bests)"
+                 + (", then " + ", ".join(f"{tables.name(m)} {v:.3g}{share(m, b)}" for m, v in
+                                          sorted(best.items(), key=lambda kv: -kv[1])
+                                          if m != top) if len(best) > 1 else "")
+                 + "." + ("" if len(best) == len(methods) else " No point of "
+                          + ", ".join(tables.name(m) for m in methods if m not in best)
+                          + " is within it."))
   return lines
 
 
