@@ -189,18 +189,23 @@ def init_blocks(cfg, s: Setting) -> tuple[list, list]:
   axes = sweep.task_axes(tasks)
   pool = tasks.x_p if axes.x_p is None else None
   batched = tasks._replace(x_p=None) if pool is not None else tasks
-
-  @jax.jit
-  def build(batched, pool):
-    with_pool = lambda t: t if pool is None else t._replace(x_p=pool)
-    batch = (cfg.get("task_batch") or None) if s.data == "mnist" else None
-    if batch is None:
-      t = with_pool(batched)
-      return jax.vmap(one_task, in_axes=(sweep.task_axes(t),))(t)
-    return jax.lax.map(lambda t: one_task(with_pool(t)), batched, batch_size=batch)
-
-  built = build(batched, pool)
+  batch = (cfg.get("task_batch") or None) if s.data == "mnist" else None
+  # One compiled set-up per distinct configuration in a process (tests, notebooks rerun it).
+  key = json.dumps([outputs.to_jsonable(cfg.to_dict()), s.data, s.step_scale, s.seeds,
+                    {m: list(g) for m, g in blocks}, warm], sort_keys=True)
+  if key not in _BUILDS:
+    def build(batched, pool):
+      with_pool = lambda t: t if pool is None else t._replace(x_p=pool)
+      if batch is None:
+        t = with_pool(batched)
+        return jax.vmap(one_task, in_axes=(sweep.task_axes(t),))(t)
+      return jax.lax.map(lambda t: one_task(with_pool(t)), batched, batch_size=batch)
+    _BUILDS[key] = jax.jit(build)
+  built = _BUILDS[key](batched, pool)
   return [b[0] for b in built], [b[1] for b in built]
+
+
+_BUILDS: dict = {}   # the compiled set-ups of init_blocks, by configuration
 
 
 # ------------------------------------------------------------------------------- the run
