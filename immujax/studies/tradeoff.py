@@ -440,7 +440,7 @@ def table(result: dict, methods, s: Setting) -> str:
     d = sm.get("default")
     lines.append(f"| {tables.name(m)} | {result['knobs'][m]} | "
                  + " | ".join(_fmt(sm[str(b)]) for b in BUDGETS)
-                 + (f" | {d['rir']:.4g} | +{d['dp_loss_rel']:.2%} |" if d else " | — | — |"))
+                 + (f" | {d['rir']:.4g} | {d['dp_loss_rel']:+.2%} |" if d else " | — | — |"))
   ref = [p["dp_loss_rel"] for p in result["unimmunized"]]
   lim = result["rir_limit"]
   lines += ["",
