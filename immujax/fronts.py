@@ -65,13 +65,14 @@ def best_within(cost, gain, budget: float) -> float:
 
 
 class Spread(NamedTuple):
-  """A summary over groups (seeds or pairs): mean, std, min, max and how many had a value."""
+  """A summary over groups (seeds or pairs): mean, std, min, max, median, how many had one."""
   mean: float
   std: float
   lo: float
   hi: float
   n: int      # groups with a point within the budget
   groups: int
+  median: float = float("nan")
 
 
 def best_within_by_group(cost, gain, groups, budget: float) -> Spread:
@@ -81,8 +82,8 @@ def best_within_by_group(cost, gain, groups, budget: float) -> Spread:
   enter the mean.
 
   >>> s = best_within_by_group([0.0, 0.1, 0.0, 0.1], [2.0, 9.0, 4.0, 9.0], [0, 0, 1, 1], 0.05)
-  >>> (s.mean, s.std, s.n, s.groups)
-  (3.0, 1.0, 2, 2)
+  >>> (s.mean, s.std, s.median, s.n, s.groups)
+  (3.0, 1.0, 3.0, 2, 2)
   """
   cost, gain, _ = _finite(cost, gain)
   groups = np.asarray(groups)
@@ -92,7 +93,7 @@ def best_within_by_group(cost, gain, groups, budget: float) -> Spread:
   if have.size == 0:
     return Spread(float("nan"), float("nan"), float("nan"), float("nan"), 0, len(labels))
   return Spread(float(have.mean()), float(have.std()), float(have.min()), float(have.max()),
-                int(have.size), len(labels))
+                int(have.size), len(labels), float(np.median(have)))
 
 
 def front_curve(cost, gain) -> tuple[np.ndarray, np.ndarray]:

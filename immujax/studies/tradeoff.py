@@ -395,7 +395,8 @@ def write_outputs(workdir, cfg, s: Setting, result: dict, thetas, index) -> None
 def _fmt(d: dict) -> str:
   if not d["n"]:
     return "— (none)"
-  txt = f"{d['mean']:.4g} ± {d['std']:.2g}"
+  txt = (f"{d['median']:.4g} (mean {d['mean']:.3g} ± {d['std']:.2g}; "
+         f"{d['lo']:.3g} … {d['hi']:.3g})")
   return txt if d["n"] == d["groups"] else f"{txt} ({d['n']}/{d['groups']})"
 
 
@@ -408,13 +409,13 @@ def verdict(result: dict, methods) -> list[str]:
     return "" if d["n"] == d["groups"] else f" ({d['n']}/{d['groups']})"
 
   for b in BUDGETS:
-    best = {m: sm[m][str(b)]["mean"] for m in methods if sm[m][str(b)]["n"]}
+    best = {m: sm[m][str(b)]["median"] for m in methods if sm[m][str(b)]["n"]}
     if not best:
       lines.append(f"- at +{b:.1%} D_P loss: no method has a point within the budget.")
       continue
     top = max(best, key=best.get)
     lines.append(f"- at +{b:.1%} D_P loss: **{tables.name(top)}** reaches the highest RIR "
-                 f"({best[top]:.4g}{share(top, b)}, mean of the per-group bests)"
+                 f"({best[top]:.4g}{share(top, b)}, median of the per-group bests)"
                  + (", then " + ", ".join(f"{tables.name(m)} {v:.3g}{share(m, b)}" for m, v in
                                           sorted(best.items(), key=lambda kv: -kv[1])
                                           if m != top) if len(best) > 1 else "")
@@ -431,8 +432,9 @@ def table(result: dict, methods, s: Setting) -> str:
            "**Verdict.**"] + verdict(result, methods) + [
       "",
       f"Best RIR among a {group}'s points whose D_P loss is within the budget above the "
-      f"optimum ({result['optimum']}), mean ± std over {group}s (k/n: only k had a point "
-      "within it). Default: the strength-1 runs (today's operating point).", "",
+      f"optimum ({result['optimum']}): median over {group}s (mean ± std; worst … best; "
+      "k/n: only k had a point within it). Default: the strength-1 runs (today's operating "
+      "point), mean.", "",
       "| Method | knob | +0.1 % | +1 % | +10 % | default RIR | default D_P loss |",
       "|---|---|---|---|---|---|---|"]
   for m in methods:
@@ -485,6 +487,25 @@ def plot(result: dict, methods, s: Setting, path) -> None:
                "dotted: paper's Table 1 RIR", fontsize=9)
   ax.legend(fontsize=8)
   outputs.save_figure(path, fig)
+
+
+def rewrite(workdir) -> str:
+  """Recomputes ``summary``, ``table.md`` and ``fronts.png`` of a finished workdir from its
+  ``front.json`` (no training); returns the table."""
+  workdir = pathlib.Path(workdir)
+  result = json.loads((workdir / "front.json").read_text())
+  cfg = ml_collections.ConfigDict(result["config"])
+  pairs = sorted({tuple(p["pair"]) for p in result["points"]}) if "pair" in (
+      result["points"] or [{}])[0] else None
+  seeds = len({p["seed"] for p in result["points"]})
+  s = Setting(result["data"], None, len(result["rir_limit"]), pairs, "", 0, 0, 0.0, seeds,
+              result["strengths"], {}, None, None, {})
+  result["fronts"] = front_sets(result["points"], cfg.methods)
+  result["summary"] = summary(result["points"], cfg.methods, pairs is not None)
+  outputs.write_json(workdir / "front.json", result)
+  outputs.write_text(workdir / "table.md", table(result, cfg.methods, s))
+  plot(result, cfg.methods, s, workdir / "fronts.png")
+  return (workdir / "table.md").read_text()
 
 
 # --------------------------------------------------------------------- a finished workdir
