@@ -463,14 +463,32 @@ def plot(result: dict, methods, s: Setting, path) -> None:
   colors = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
   for m in methods:
     ps = [p for p in result["points"] if p["method"] == m and p["finite"]]
-    cost = np.maximum([p["dp_loss_rel"] for p in ps], floor)
+    cost = np.array([p["dp_loss_rel"] for p in ps])
     gain = np.array([p["rir"] for p in ps])
-    ax.scatter(cost, gain, s=6, alpha=0.25, color=colors[m])   # the seed/pair spread
-    c, g = fronts.front_curve(cost, gain)
-    ax.plot(c, g, "-o", ms=3, color=colors[m], label=f"{tables.name(m)} front")
+    if s.pairs is None:
+      cost = np.maximum(cost, floor)
+      ax.scatter(cost, gain, s=6, alpha=0.25, color=colors[m])   # the seed spread
+      c, g = fronts.front_curve(cost, gain)
+      ax.plot(c, g, "-o", ms=3, color=colors[m], label=f"{tables.name(m)} front")
+    else:
+      # Many pairs: the pooled front would mix pairs; draw each strength's median over the
+      # pairs with its interquartile range in both directions (the pair spread).
+      ax.scatter(cost, gain, s=4, alpha=0.12, color=colors[m])
+      strengths = np.array([p["strength"] for p in ps])
+      med = []
+      for st in sorted(set(strengths.tolist())):
+        sel = strengths == st
+        q = [np.percentile(v[sel], (25, 50, 75)) for v in (cost, gain)]
+        med.append((q[0][1], q[1][1]))
+        ax.errorbar(q[0][1], q[1][1], xerr=[[q[0][1] - q[0][0]], [q[0][2] - q[0][1]]],
+                    yerr=[[q[1][1] - q[1][0]], [q[1][2] - q[1][1]]], color=colors[m],
+                    lw=0.8, alpha=0.7)
+      ax.plot(*zip(*med), "-o", ms=3, color=colors[m],
+              label=f"{tables.name(m)}: median over pairs per strength (IQR)")
     d = result["summary"][m].get("default")
     if d:
-      ax.scatter([max(d["dp_loss_rel"], floor)], [d["rir"]], marker="*", s=160,
+      x = d["dp_loss_rel"] if s.pairs is not None else max(d["dp_loss_rel"], floor)
+      ax.scatter([x], [d["rir"]], marker="*", s=160,
                  color=colors[m], edgecolor="k", zorder=5)
     paper = PAPER_RIR.get(s.data, {}).get(m)
     if paper:
@@ -479,12 +497,18 @@ def plot(result: dict, methods, s: Setting, path) -> None:
   ax.axhline(np.median(lim), color="k", ls="--", lw=1, label="closed-form RIR limit")
   for b in BUDGETS:
     ax.axvline(b, color="0.7", lw=0.6)
-  ax.set_xscale("log")
+  if s.pairs is not None:   # the reference is the unimmunized run: losses below it exist
+    ax.axvline(0.0, color="0.4", lw=0.6)
+    ax.set_xscale("symlog", linthresh=1e-3)
+  else:
+    ax.set_xscale("log")
   ax.set_yscale("log")
-  ax.set_xlabel("D_P loss relative to the optimum (train), L/L* − 1")
+  ax.set_xlabel("D_P loss relative to the optimum (train), L/L* − 1"
+                + (" (L* = the unimmunized run)" if s.pairs is not None else ""))
   ax.set_ylabel("RIR (Eq. 15)")
-  ax.set_title(f"Trade-off fronts, {s.data}: ★ today's default (strength 1), "
-               "dotted: paper's Table 1 RIR", fontsize=9)
+  ax.set_title(f"Trade-off fronts, {s.data}: ★ today's default (strength 1)"
+               + (", dotted: the paper's Table 1 RIR" if s.data in PAPER_RIR else ""),
+               fontsize=9)
   ax.legend(fontsize=8)
   outputs.save_figure(path, fig)
 
