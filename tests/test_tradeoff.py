@@ -87,8 +87,8 @@ def test_quick_house_fronts_end_to_end_resume_and_refusal(tmp_path, house_dir):
   # Each reported RIR is relative_immunization_ratio of the saved θ with the saved K's.
   z = np.load(w / "fronts.npz")
   assert z["theta"].shape == (len(pts), 79, 79)
-  rir = jax.vmap(lambda t: metrics.relative_immunization_ratio(
-      t, k_p=jnp.asarray(z["k_p"][0]), k_h=jnp.asarray(z["k_h"][0])).rir)(z["theta"])
+  rir = jax.jit(jax.vmap(lambda t, k_p, k_h: metrics.relative_immunization_ratio(
+      t, k_p=k_p, k_h=k_h).rir, in_axes=(0, None, None)))(z["theta"], z["k_p"][0], z["k_h"][0])
   np.testing.assert_allclose(rir, [p["rir"] for p in pts], rtol=1e-8)
   # The fronts are the non-dominated points of each method; the table leads with a verdict.
   for m, idx in res["fronts"].items():
@@ -125,4 +125,9 @@ def test_bad_flags_are_one_line_errors(tmp_path):
                                          "--config.house_strengths.ours=0,1"])
   assert code == 2 and "strengths must be positive" in err
   code, out, _ = run_binary("tradeoff", ["--help"])
-  assert code == 0 and "house_strengths.ours" in out and "Ours' strengths" in out
+  assert code == 0 and "--workdir:" in out and "--move_aside:" in out and "--data:" in out
+  from immujax.runner import cli  # pylint: disable=g-import-not-at-top
+  for path in cli.field_paths(cli.load_config(str(CONFIGS / "tradeoff.py"))):
+    line = next((ln for ln in out.splitlines() if ln.strip().startswith(f"--config.{path}=")),
+                None)
+    assert line is not None and "(no description)" not in line, path
