@@ -31,7 +31,6 @@ from immujax import fronts
 from immujax import immunize
 from immujax import metrics
 from immujax import sweep
-from immujax.runner import checkpoints
 from immujax.runner import loop
 from immujax.runner import outputs
 from immujax.runner import progress
@@ -448,7 +447,7 @@ def table(result: dict, methods, s: Setting) -> str:
   lines += ["",
             f"- The unimmunized runs (every regularizer weight 0, same schedule) end at "
             f"D_P loss {np.mean(ref):+.3%} relative to the optimum (mean over {group}s).",
-            f"- Closed-form RIR limit (extractors in range(K_P)): "
+            "- Closed-form RIR limit (extractors in range(K_P)): "
             + (f"{lim[0]:.4g}" if len(lim) == 1 else
                f"median {np.median(lim):.4g} over {len(lim)} pairs") + "."]
   lines += [f"- warning: {n}" for n in provenance.notes(result.get("provenance", {}))]
