@@ -6,9 +6,12 @@ r"""One report for any linear extractor: RIR, its limit, attacker slow-downs, he
       --data_dir=../shared/data/house_price --workdir=runs/r3
   python -m experiments.evaluate --extractor=runs/mnist --data=mnist --pair=3,8 \
       --mnist_dir=../shared/data/mnist --workdir=runs/r4
+  python -m experiments.evaluate --extractor=runs/fronts_house --point=front:ours --data=house \
+      --workdir=runs/r5
 
 ``--extractor`` is an ``.npy`` θ of shape ``(D_in, D_hid)`` (or a stack ``(E, D_in, D_hid)``),
-or the workdir of ``experiments.linear``, ``house_price`` or ``mnist_pairs``. ``--data`` is an
+or the workdir of ``experiments.linear``, ``house_price``, ``mnist_pairs`` or ``tradeoff``
+(``--point`` picks its points). ``--data`` is an
 ``.npz`` with ``x_p, y_p, x_h, y_h`` and optional ``*_test`` arrays, or ``house`` or
 ``mnist``. The attack settings come from ``--config`` (``experiments/configs/attack_suite.py``).
 Writes ``report.json``, ``report.md`` (the verdict first) and ``report.png`` into
@@ -35,6 +38,9 @@ def define(d: cli.Definer) -> None:
          "Probe task: classification ({0,1} targets, accuracy) or regression (R²); auto infers.")
   d.house_dir("--data=house: ")
   d.mnist_dir("--data=mnist: the MNIST IDX folder", ", else the embedded sample")
+  d.string("point", None, "An experiments.tradeoff --extractor: the points to evaluate, "
+           "indices into its front.json (e.g. 0,17), 'front' (default: every method's "
+           "non-dominated points) or 'front:<method>'.")
   d.string("pair", None, "--data=mnist: the digit pair 'p,h' (default: the workdir's first "
            "pair, or 0,1).")
 
@@ -57,7 +63,7 @@ def main(f) -> None:
 
   evaluate.run(cfg, f.workdir, extractor=f.extractor, data=f.data,
                kind=None if f.kind == "auto" else f.kind, data_dir=data_dir,
-               mnist_dir=mnist_dir, pair=f.pair, settings=settings,
+               mnist_dir=mnist_dir, pair=f.pair, settings=settings, point=f.point,
                move_aside=f.move_aside, echo=cli.echo)
 
 

@@ -17,6 +17,7 @@ import pathlib
 import time
 from typing import Callable, Optional
 
+import ml_collections
 import numpy as np
 
 from immujax import evaluation
@@ -128,13 +129,40 @@ def _mnist_workdir_extractors(workdir, pair):
   return thetas, [f"{m}/{s}" for m, s in index], tuple(int(v) for v in pairs[t]), mcfg
 
 
-def load_extractor(path, *, pair=None):
+def _front_extractors(path, pair, point):
+  """The points ``point`` selects (default: every method's front) of a tradeoff workdir."""
+  from immujax.studies import tradeoff  # pylint: disable=g-import-not-at-top
+  pts = tradeoff.load_points(path, flag="--extractor")
+  idx = tradeoff.select(pts, point or "front", flag="--point")
+  info = {"data": pts.data, "points": idx}
+  if pts.data == "mnist":
+    pairs = sorted({tuple(pts.points[i]["pair"]) for i in range(len(pts.points))})
+    want = tuple(pair) if pair is not None else tuple(pts.points[idx[0]]["pair"])
+    if want not in pairs:
+      raise ValueError(f"--pair={want[0]},{want[1]} is not a pair of {path}; choose one of "
+                       f"{pairs[:10]}...")
+    idx = [i for i in idx if tuple(pts.points[i]["pair"]) == want]
+    if not idx:
+      raise ValueError(f"--point={point or 'front'} selects no point of pair {want} in {path}; "
+                       "pass --pair of a selected point, or other indices.")
+    info.update(pair=want, points=idx,
+                mcfg=tradeoff.mnist_config(ml_collections.ConfigDict(pts.result["config"])))
+  labels = [f"{pts.points[i]['method']}/s={pts.points[i]['strength']:g}/"
+            f"seed={pts.points[i]['seed']}#{i}" for i in idx]
+  return pts.theta[idx], labels, info
+
+
+def load_extractor(path, *, pair=None, point=None):
   """``(thetas (E, D_in, D_hid), labels, info)`` from an .npy or a workdir.
 
   ``info`` carries what a workdir says about its data: ``{"data": "house" | "mnist" |
-  path, ...}``.
+  path, ...}``. ``point`` selects points of an ``experiments.tradeoff`` workdir (indices
+  into its ``front.json``, ``"front"`` or ``"front:<method>"``; default ``"front"``).
   """
   path = pathlib.Path(path)
+  if point is not None and not (path / "front.json").is_file():
+    raise ValueError(f"--point={point} selects points of an experiments.tradeoff workdir; "
+                     f"--extractor={str(path)!r} is not one (no front.json). Drop --point.")
   if path.is_file():
     if path.suffix != ".npy":
       raise ValueError(f"--extractor={str(path)!r} is a file but not an .npy; save θ with "
@@ -148,6 +176,8 @@ def load_extractor(path, *, pair=None):
   if not path.is_dir():
     raise FileNotFoundError(f"--extractor={str(path)!r} does not exist; pass θ.npy or a "
                             "workdir of experiments.linear / house_price / mnist_pairs.")
+  if (path / "front.json").is_file():   # an experiments.tradeoff workdir
+    return _front_extractors(path, pair, point)
   if (path / "extractors.npz").is_file():
     with np.load(path / "extractors.npz", allow_pickle=False) as z:
       thetas, labels = z["thetas"], [str(l) for l in z["labels"]]
@@ -197,14 +227,15 @@ def check_flags(data: str, *, data_dir=None, mnist_dir=None, pair=None) -> None:
       raise ValueError(f"{name}={value} has no effect with --data={data}; drop it.")
 
 
-def load_inputs(extractor, data, *, kind=None, data_dir=None, mnist_dir=None, pair=None):
+def load_inputs(extractor, data, *, kind=None, data_dir=None, mnist_dir=None, pair=None,
+                point=None):
   """Validated ``(ProbeData, thetas, labels, info, data_record)``; raises before any write.
 
   ``data_dir`` / ``mnist_dir`` are the folders of ``--data=house`` / ``--data=mnist`` (the
   binary resolves their environment defaults).
   """
   pair = parse_pair(pair)
-  thetas, labels, info = load_extractor(extractor, pair=pair)
+  thetas, labels, info = load_extractor(extractor, pair=pair, point=point)
   if data == "house":
     arrays, record = house_arrays(data_dir)
   elif data == "mnist":
@@ -296,7 +327,7 @@ def plot_report(report: dict, path) -> None:
 
 def run(cfg, workdir, *, extractor: str, data: str, kind=None, data_dir=None, mnist_dir=None,
         pair=None, settings: Callable[[int], dict], move_aside: bool = False,
-        echo: Echo = None) -> dict:
+        echo: Echo = None, point=None) -> dict:
   """Loads and validates the inputs, evaluates, writes ``report.{json,md,png}``.
 
   Args:
@@ -306,7 +337,8 @@ def run(cfg, workdir, *, extractor: str, data: str, kind=None, data_dir=None, mn
   say = echo or (lambda _: None)
   t0 = time.perf_counter()
   probe, thetas, labels, info, record = load_inputs(
-      extractor, data, kind=kind, data_dir=data_dir, mnist_dir=mnist_dir, pair=pair)
+      extractor, data, kind=kind, data_dir=data_dir, mnist_dir=mnist_dir, pair=pair,
+      point=point)
   kwargs = settings(probe.d_in)
   prov = provenance.record(record)
   workdir_lib.claim_and_tell(workdir, cfg.to_dict(), provenance=prov, label="evaluate",
@@ -317,7 +349,8 @@ def run(cfg, workdir, *, extractor: str, data: str, kind=None, data_dir=None, mn
   report = evaluation.evaluate(probe, thetas, labels, on_progress=lambda s: say(
       f"[evaluate] done {s} ({time.perf_counter() - t0:.0f} s)"), **kwargs)
   report["source"] = {"extractor": extractor, "data": data,
-                      **({"pair": info["pair"]} if "pair" in info else {})}
+                      **({"pair": info["pair"]} if "pair" in info else {}),
+                      **({"points": info["points"]} if "points" in info else {})}
   report["config"] = cfg.to_dict()
   report["provenance"] = prov
   report["wall_time_s"] = time.perf_counter() - t0
