@@ -301,3 +301,56 @@ def test_os_errors_name_the_flag_and_the_path():
                                           "(/x/run/config.json)")
   e = OSError(28, "No space left on device", "/elsewhere/f")
   assert cli.os_error_line(e, FV(fv)) == "No space left on device: /elsewhere/f"
+
+
+# ------------------------------------------------------------------- compilation cache
+
+_CACHED_BINARY = """
+import jax, jax.numpy as jnp
+from jax import monitoring
+from immujax.runner import cli
+hits = []
+monitoring.register_event_listener(
+    lambda name, **kw: hits.append(1) if name == '/jax/compilation_cache/cache_hits' else None)
+def main(f):
+  x = jax.jit(lambda a: jnp.linalg.eigh(a @ a.T)[0].sum())(jnp.eye(5))
+  print(f'value {float(x)} hits {len(hits)}')
+cli.run(lambda d: None, main, argv=['binary'])
+"""
+
+
+def _cached_run(env):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+  p = subprocess.run([sys.executable, "-c", _CACHED_BINARY], env=env, capture_output=True,
+                     text=True, timeout=120, check=False)
+  assert p.returncode == 0, p.stderr[-2000:]
+  return p.stdout.splitlines()
+
+
+def test_binaries_compile_once_per_machine_in_the_user_cache(tmp_path):
+  # Default: $XDG_CACHE_HOME/immujax/jax, printed first; the second run (here through
+  # $JAX_COMPILATION_CACHE_DIR, which wins) reads the program back and writes nothing new.
+  user = tmp_path / "xdg" / "immujax" / "jax"
+  fast = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}   # cache even tiny programs
+  first = _cached_run({**fast, "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+                       "JAX_COMPILATION_CACHE_DIR": None})
+  assert first[0] == f"[cache] JAX compilation cache: {user} (default; " \
+                     "$JAX_COMPILATION_CACHE_DIR overrides)", first
+  assert first[-1] == "value 5.0 hits 0", first
+  written = sorted(p.name for p in user.iterdir())
+  assert any("-cache" in n for n in written), written
+  second = _cached_run({**fast, "XDG_CACHE_HOME": str(tmp_path / "other"),
+                        "JAX_COMPILATION_CACHE_DIR": str(user)})
+  assert second[0] == f"[cache] JAX compilation cache: {user} (JAX_COMPILATION_CACHE_DIR)"
+  assert second[-1].startswith("value 5.0 hits ") and second[-1] != "value 5.0 hits 0", second
+  assert sorted(p.name for p in user.iterdir()) == written
+  assert not (tmp_path / "other").exists()
+  # An unusable directory: one warning line, and the run goes on without a cache.
+  blocked = tmp_path / "a_file"
+  blocked.write_text("")
+  third = _cached_run({"JAX_COMPILATION_CACHE_DIR": str(blocked / "jax")})
+  assert third[0].startswith(f"[cache] warning: JAX compilation cache {blocked / 'jax'} is "
+                             "not usable (") and third[0].endswith("without a compilation cache")
+  assert third[-1] == "value 5.0 hits 0", third

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import time
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -34,6 +35,7 @@ from immujax.runner import metrics_log
 from immujax.runner import outputs
 from immujax.runner import progress
 from immujax.runner import provenance
+from immujax.runner import timing
 from immujax.runner import workdir as workdir_lib
 from immujax.studies import tables
 
@@ -233,6 +235,8 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     stopped by ``max_chunks``).
   """
   clock = clock or loop.WallClock()
+  phases = timing.Phases()   # this process's budget, written to results.json
+  phases.add("start", clock.total())   # the binary's start-up and flag checks
   main = distributed.is_main_process()
   say = echo if (echo is not None and main) else (lambda _: None)
   multi = jax.process_count() > 1
@@ -243,14 +247,16 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     raise ValueError(
         f"--devices={devices} but only {jax.device_count()} device(s) exist; pass fewer, "
         "or set XLA_FLAGS=--xla_force_host_platform_device_count=N on a CPU.")
-  images, labels = load_images(cfg, mnist_dir, tfds_data_dir)
+  with phases("data"):
+    images, labels = load_images(cfg, mnist_dir, tfds_data_dir)
   fewest = int(np.bincount(labels, minlength=10).min())
   if cfg.n_per_digit > fewest:
     raise ValueError(f"--config.n_per_digit={cfg.n_per_digit} but the data hold only {fewest} "
                      f"images of their rarest digit; pass --config.n_per_digit<={fewest}.")
   devices_used = jax.devices()[:devices] if devices else jax.devices()
-  prov = provenance.record(data_record(cfg, images, labels, mnist_dir), layout=layout,
-                           used_devices=len(devices_used))
+  with phases("data"):
+    prov = provenance.record(data_record(cfg, images, labels, mnist_dir), layout=layout,
+                             used_devices=len(devices_used))
   say(f"[mnist] {len(labels)} images loaded (source {cfg.source}); building the tasks")
   if main:   # process 0 owns the workdir's files; the others wait for it
     workdir_lib.claim_and_tell(workdir, cfg.to_dict(), provenance=prov, label="mnist", say=say,
@@ -260,6 +266,7 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   workdir = pathlib.Path(workdir)
   methods = tuple(cfg.methods)
   mesh = sweep.device_mesh(devices_used)
+  t_setup = time.perf_counter()   # the tasks and the initial runs (their compilation too)
   tasks, pairs = build_tasks(cfg, images, labels)
   n_pairs = len(pairs)
   tasks = sweep.pad_tasks(tasks, len(devices_used))
@@ -274,6 +281,8 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   else:
     tasks = sweep.shard_tasks(tasks, mesh)
     runs = sweep.shard_tasks(init_runs(cfg, tasks), mesh)
+  jax.block_until_ready(runs)
+  phases.add("setup", time.perf_counter() - t_setup)
   index = sweep.run_index(methods, cfg.seeds)
   say(f"[mnist] {n_pairs} pairs × {len(methods)} methods × {cfg.seeds} seeds = "
       f"{n_pairs * len(index)} runs, D_in = {tasks.k_p.shape[-1]}, {len(devices_used)} "
@@ -296,18 +305,25 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   def chunk(blocks, start):
     states, fallbacks, terms = [], [], []
     resid = np.asarray(blocks["max_residual"])
-    for st, w, fb, static in zip(blocks["state"], weights, blocks["fallbacks"], statics):
+    for m, st, w, fb, static in zip(methods, blocks["state"], weights, blocks["fallbacks"],
+                                    statics):
+      t0, spent = time.perf_counter(), {}
       st, t, flagged = sweep.run_chunk_checked(
           st, tasks, w, steps=cfg.chunk_steps, loss="bce", task_batch=task_batch,
-          mesh=mesh if task_batch else None, all_steps=True, **static)
+          mesh=mesh if task_batch else None, all_steps=True, timings=spent, **static)
       t = distributed.to_host(t)   # every step's terms (T, R_m, steps), from all processes
+      jax.block_until_ready(st)
+      # Each chunk's steps (the first one compiles), and the exact recomputes apart.
+      chunk_s[m].append(time.perf_counter() - t0 - spent.get("fallback", 0.0))
+      phases.add(f"fallback:{m}", spent.get("fallback", 0.0))
       states.append(st)
       fallbacks.append(np.asarray(fb) + flagged)
       terms.append(t)
       resid = np.maximum(resid, t.eig_residual.max())
     new = {"state": tuple(states), "fallbacks": tuple(fallbacks), "max_residual": resid}
     terms = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *terms)
-    log.write(start, terms)   # before the checkpoint: a resume drops what follows it
+    with phases("metrics_log"):
+      log.write(start, terms)   # before the checkpoint: a resume drops what follows it
     return new, jax.tree.map(lambda a: a[..., -1], terms)
 
   def summarize(terms):
@@ -315,22 +331,34 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     return "D_P loss " + " ".join(
         f"{m}={np.nanmean(sup[:, tables.rows_of(index, m)]):.3g}" for m in methods)
 
+  chunk_s = {m: [] for m in methods}
   blocks = loop.run_in_workdir(
       chunk, initial_blocks(cfg, runs, tasks), workdir, total_steps=cfg.steps,
       chunk_steps=cfg.chunk_steps, max_chunks=max_chunks, clock=clock, say=say,
-      on_progress=progress.printer(echo if main else None, "mnist", summarize))
-  log.close()
+      on_progress=progress.printer(echo if main else None, "mnist", summarize), phases=phases)
+  with phases("metrics_log"):
+    log.close()
+  for m in methods:
+    phases.add(f"steps:{m}", sum(chunk_s[m]))
   if blocks is None:
     return None
-  state = sweep.join_methods(blocks["state"])
-  ev = jax.tree.map(lambda a: a[:n_pairs], distributed.to_host(
-      sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa)))
+  with phases("evaluate"):
+    state = sweep.join_methods(blocks["state"])
+    ev = jax.tree.map(lambda a: a[:n_pairs], distributed.to_host(
+        sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa)))
   if not main:
     return None   # process 0 alone writes the results
   results = results_of(cfg, ev, pairs, index, blocks, tasks.root_p is not None)
   results.update(devices=len(devices_used), processes=jax.process_count(), provenance=prov,
-                 wall_time_s=clock.total())   # includes earlier processes of a resumed run
-  write_outputs(workdir, cfg, results)
+                 task_batch=task_batch or 0)
+  t_out = time.perf_counter()
+
+  def finish():   # after the table and heat maps, before results.json is written
+    phases.add("outputs", time.perf_counter() - t_out)
+    results.update(wall_time_s=clock.total(),   # includes earlier processes of a resumed run
+                   timings={**phases.as_dict(), "chunks": {m: [round(x, 3) for x in chunk_s[m]]
+                                                           for m in methods}})
+  write_outputs(workdir, cfg, results, before_json=finish)
   say((workdir / "table.md").read_text())
   say(f"eigen-extremes: {results['eig_solver']}, {results['eig_fallback_chunks']} run-chunk(s) "
       f"recomputed exactly, largest residual {results['eig_max_residual']:.1e}")
@@ -355,16 +383,19 @@ def results_of(cfg, ev, pairs, index, blocks, warm: bool) -> dict:
   return results
 
 
-def write_outputs(workdir, cfg, results: dict) -> None:
-  """``results.json``, ``table.md`` and the heat maps."""
+def write_outputs(workdir, cfg, results: dict, before_json: Optional[Callable[[], None]] = None
+                  ) -> None:
+  """``table.md``, the heat maps, then ``results.json`` (``before_json()`` called first)."""
   workdir = pathlib.Path(workdir)
-  outputs.write_json(workdir / "results.json", results)
   outputs.write_text(workdir / "table.md", table_markdown(
       results, tuple(cfg.methods), seeds=cfg.seeds, source=cfg.source,
       d_in=(28 // cfg.pool) ** 2, steps=cfg.steps))
   for m in cfg.methods:
     outputs.save_figure(workdir / f"heatmap_{m}.png",
                         heatmap_figure(results["methods"][m], tables.name(m)))
+  if before_json is not None:
+    before_json()
+  outputs.write_json(workdir / "results.json", results)
 
 
 # ------------------------------------------------------------------------------ reporting
