@@ -105,3 +105,23 @@ def compilation_cache(environ) -> str:
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ:   # the user's wins
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_S)
   return f"[cache] JAX compilation cache: {path} ({source})"
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def available_memory() -> int | None:
+  """Bytes of memory available to a new allocation now (``MemAvailable``), or None."""
+  try:
+    import psutil  # pylint: disable=g-import-not-at-top
+    return int(psutil.virtual_memory().available)
+  except ImportError:
+    pass
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None

@@ -29,6 +29,7 @@ from immujax import sweep
 from immujax.data import fingerprint
 from immujax.data import mnist
 from immujax.runner import checkpoints
+from immujax.runner import devices
 from immujax.runner import distributed
 from immujax.runner import loop
 from immujax.runner import metrics_log
@@ -152,8 +153,70 @@ def _pooled_tasks(subsets, grams, roots, pairs, *, kind) -> immunize.Task:
       root_h=None if roots is None else roots[h])
 
 
-def init_runs(cfg, tasks):
-  """The batched initial runs of every method × seed (``sweep.init_runs``)."""
+# The memory model of :func:`choose_task_batch`, in float64 D_in × D_in matrices (8·D² bytes):
+# resident for the whole run, per pair, its two Grams, and per run RESIDENT_PER_RUN (θ in the
+# state, the next chunk's state, the checkpoint's host copy); while a group of pairs is set
+# up or stepped, TRANSIENT_PER_RUN temporaries per run of the group (set-up holds every
+# method's runs at once, a chunk one method's). Calibrated on the 8-pair paper-scale subset
+# (.notes/issue-18.md, "Bounded memory").
+RESIDENT_PER_RUN = 3.0
+TRANSIENT_PER_RUN = 12.0
+BASE_BYTES = 1.5e9          # interpreter, JAX, XLA and the loaded MNIST
+
+
+def choose_task_batch(requested: int, *, pairs_per_device: int, d_in: int, rank: int,
+                      runs_per_pair: int, budget_bytes: float
+                      ) -> tuple[Optional[int], str]:
+  """``task_batch`` (pairs per device stepped at once; None: all) and a line saying why.
+
+  ``requested > 0`` is kept (the user's override). ``0`` chooses the largest group whose
+  estimated peak (module constants above) fits ``budget_bytes``; all pairs at once when
+  they fit.
+
+  Example:
+    >>> choose_task_batch(0, pairs_per_device=90, d_in=784, rank=600, runs_per_pair=4,
+    ...                   budget_bytes=12e9)[0]
+    15
+  """
+  if requested:
+    return (None if requested >= pairs_per_device else int(requested)), (
+        f"task_batch = {requested} pair(s) per device at a time (--config.task_batch)")
+  mat = 8.0 * d_in * d_in
+  resident = BASE_BYTES + pairs_per_device * (2 * mat + 2 * 8.0 * rank * d_in
+                                              + RESIDENT_PER_RUN * runs_per_pair * mat)
+  per_pair = TRANSIENT_PER_RUN * runs_per_pair * mat
+  fit = int((budget_bytes - resident) // per_pair)
+  est = lambda n: (resident + n * per_pair) / 1e9
+  if fit >= pairs_per_device:
+    return None, (f"task_batch: all {pairs_per_device} pairs per device at once (estimated "
+                  f"peak {est(pairs_per_device):.1f} GB ≤ budget {budget_bytes / 1e9:.1f} GB)")
+  n = max(1, fit)
+  warn = "" if fit >= 1 else " — over the budget even one pair at a time"
+  return n, (f"task_batch = {n} pair(s) per device at a time (estimated peak {est(n):.1f} GB, "
+             f"budget {budget_bytes / 1e9:.1f} GB{warn}); --config.task_batch=N overrides")
+
+
+MEMORY_BUDGET_BYTES = 12e9   # the peak a run plans for (issue 18: ":paper ≤ 12 GB")
+
+
+def memory_budget(available: Optional[int]) -> float:
+  """Bytes the run plans for: :data:`MEMORY_BUDGET_BYTES`, at most 90 % of what is free."""
+  return MEMORY_BUDGET_BYTES if available is None else min(MEMORY_BUDGET_BYTES,
+                                                            0.9 * available)
+
+
+def task_batch_for(cfg, tasks, n_devices: int = 1) -> tuple[Optional[int], str]:
+  """:func:`choose_task_batch` for a config and its (padded) tasks on ``n_devices``."""
+  return choose_task_batch(
+      cfg.get("task_batch") or 0, pairs_per_device=tasks.k_p.shape[0] // n_devices,
+      d_in=tasks.k_p.shape[-1], rank=0 if tasks.root_p is None else tasks.root_p.shape[-2],
+      runs_per_pair=len(cfg.methods) * cfg.seeds,
+      budget_bytes=memory_budget(devices.available_memory()))
+
+
+def init_runs(cfg, tasks, task_batch: Optional[int] = None):
+  """The batched initial runs of every method × seed (``sweep.init_runs``); ``task_batch``
+  overrides ``cfg.task_batch`` (the group :func:`choose_task_batch` chose)."""
   return sweep.init_runs(jax.random.key(0), tasks, tuple(cfg.methods), cfg.seeds,
                          learning_rate=cfg.learning_rate, step_scale=cfg.step_scale,
                          clip_factor=cfg.clip_factor,
@@ -161,7 +224,7 @@ def init_runs(cfg, tasks):
                          init=cfg.init, precondition_baselines=cfg.precondition_baselines,
                          adaptive=cfg.adaptive, harmful_scale=cfg.get("harmful_scale", 1.0),
                          eig_solver=cfg.get("eig_solver", "warm"),
-                         task_batch=cfg.get("task_batch") or None)
+                         task_batch=task_batch or cfg.get("task_batch") or None)
 
 
 def initial_blocks(cfg, runs, tasks) -> dict:
@@ -197,7 +260,7 @@ def restore_runs(workdir):
   cfg, meta = workdir_config(workdir)
   images, labels = load_images(cfg, meta.get("mnist_dir"), meta.get("tfds_data_dir"))
   tasks, pairs = build_tasks(cfg, images, labels)
-  runs = init_runs(cfg, tasks)
+  runs = init_runs(cfg, tasks, task_batch_for(cfg, tasks)[0])
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints")
   step = ckpt.latest_step()
   if step is None:
@@ -270,17 +333,19 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   tasks, pairs = build_tasks(cfg, images, labels)
   n_pairs = len(pairs)
   tasks = sweep.pad_tasks(tasks, len(devices_used))
+  task_batch, line = task_batch_for(cfg, tasks, len(devices_used))
+  say(f"[mnist] {line}")
   if multi:
     # Every process built the same tasks and keeps its devices' rows of the global arrays
     # (the task axis is split over all processes' devices); it initialises only its own
     # pairs' runs (init_runs is per pair: the whole batch's values, up to round-off).
     lo, hi = distributed.local_rows(mesh, tasks.k_p.shape[0])
-    runs = init_runs(cfg, sweep.slice_tasks(tasks, lo, hi))
+    runs = init_runs(cfg, sweep.slice_tasks(tasks, lo, hi), task_batch)
     runs = distributed.put_global(runs, mesh, first_row=lo, rows=tasks.k_p.shape[0])
     tasks = distributed.put_global(tasks, mesh, sweep.task_axes(tasks))
   else:
     tasks = sweep.shard_tasks(tasks, mesh)
-    runs = sweep.shard_tasks(init_runs(cfg, tasks), mesh)
+    runs = sweep.shard_tasks(init_runs(cfg, tasks, task_batch), mesh)
   jax.block_until_ready(runs)
   phases.add("setup", time.perf_counter() - t_setup)
   index = sweep.run_index(methods, cfg.seeds)
@@ -294,7 +359,6 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
                                   precondition_baselines=cfg.precondition_baselines,
                                   exact_methods=tuple(cfg.eig_exact_methods))
              for m in methods]
-  task_batch = cfg.get("task_batch") or None   # pairs per device held in memory at once
   if multi and task_batch is None:
     # All of a device's pairs at once, as one shard_map: no step communicates across
     # processes (the pairs are independent).
