@@ -345,11 +345,13 @@ def test_binaries_compile_once_per_machine_in_the_user_cache(tmp_path):
   assert first[-1] == "value 5.0 hits 0", first
   written = sorted(p.name for p in user.iterdir())
   assert any("-cache" in n for n in written), written
+  moved = tmp_path / "moved"   # a cache moved elsewhere still hits
+  user.rename(moved)
   second = _cached_run({**fast, "XDG_CACHE_HOME": str(tmp_path / "other"),
-                        "JAX_COMPILATION_CACHE_DIR": str(user)})
-  assert second[0] == f"[cache] JAX compilation cache: {user} (JAX_COMPILATION_CACHE_DIR)"
+                        "JAX_COMPILATION_CACHE_DIR": str(moved)})
+  assert second[0] == f"[cache] JAX compilation cache: {moved} (JAX_COMPILATION_CACHE_DIR)"
   assert second[-1].startswith("value 5.0 hits ") and second[-1] != "value 5.0 hits 0", second
-  assert sorted(p.name for p in user.iterdir()) == written
+  assert sorted(p.name for p in moved.iterdir()) == written
   assert not (tmp_path / "other").exists()
   # An unusable directory: one warning line, and the run goes on without a cache.
   blocked = tmp_path / "a_file"

@@ -102,6 +102,10 @@ def compilation_cache(environ) -> str:
     return (f"[cache] warning: JAX compilation cache {path} is not usable ({why}); running "
             "without a compilation cache")
   jax.config.update("jax_compilation_cache_dir", path)
+  if "JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES" not in environ:
+    # JAX's default adds XLA's GPU autotuning cache under the cache directory, and its path
+    # enters every program's cache key: a cache moved or copied elsewhere would never hit.
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ:   # the user's wins
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_S)
   return f"[cache] JAX compilation cache: {path} ({source})"
