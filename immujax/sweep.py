@@ -526,19 +526,24 @@ class Evaluation(NamedTuple):
 
 
 def evaluate(state: immunize.State, tasks: immunize.Task, *, loss: str = "mse",
-             kappa: str = "pinv") -> Evaluation:
+             kappa: str = "pinv", task_batch: int | None = None) -> Evaluation:
   """RIR (Eq. 15, against the identity) and the D_P loss of every run.
 
   κ(K_P), κ(K_H) are computed once per task; with roots (``Task.root_p``) every κ comes from
   the small Grams (``spectral.gram_extremes``), the same non-zero spectra. A batch split
   over several devices is evaluated device by device (``shard_map``, no collective).
+  ``task_batch`` bounds memory as in :func:`run_chunk`: only that many tasks' runs are
+  evaluated at once (``None``: all; a 7-method paper-scale job evaluated at once needed
+  more than 24 GB).
   """
-  return _evaluate(state.params, tasks, loss=loss, kappa=kappa,
+  if task_batch is not None and task_batch < 1:
+    raise ValueError(f"`task_batch` must be a positive number of tasks; got {task_batch}.")
+  return _evaluate(state.params, tasks, loss=loss, kappa=kappa, task_batch=task_batch,
                    mesh=_task_mesh((state.params, tasks)))
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "kappa", "mesh"))
-def _evaluate(params, tasks, *, loss, kappa, mesh):
+@functools.partial(jax.jit, static_argnames=("loss", "kappa", "task_batch", "mesh"))
+def _evaluate(params, tasks, *, loss, kappa, task_batch, mesh):
   def per_task(params, task):
     lk_p0, lk_h0 = _log_kappas(None, task, kappa)
 
@@ -560,8 +565,12 @@ def _evaluate(params, tasks, *, loss, kappa, mesh):
 
   def local(args, pool):
     params, batched = args
-    t = batched if pool is None else batched._replace(x_p=pool)
-    return jax.vmap(per_task, in_axes=(0, task_axes(t)))(params, t)
+    with_pool = lambda t: t if pool is None else t._replace(x_p=pool)
+    if task_batch is None:
+      t = with_pool(batched)
+      return jax.vmap(per_task, in_axes=(0, task_axes(t)))(params, t)
+    return jax.lax.map(lambda a: per_task(a[0], with_pool(a[1])), (params, batched),
+                       batch_size=task_batch)
 
   return _per_device(local, mesh)((params, batched), pool)
 

@@ -121,6 +121,12 @@ def test_sweep_all_methods_jit_vmap_finite_and_compiles_once():
   assert np.all(np.isfinite(state.params.theta)) and np.all(np.isfinite(terms.supervised))
   ev = sweep.evaluate(state, tasks)
   assert ev.rir.shape == (2, n) and np.all(ev.finite)
+  # One task at a time (bounded memory) is the same evaluation.
+  one = sweep.evaluate(state, tasks, task_batch=1)
+  for a, b in zip(one, ev):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+  with pytest.raises(ValueError, match="task_batch"):
+    sweep.evaluate(state, tasks, task_batch=0)
   # Only IMMA's runs move their harmful head; every method moved θ away from θ0.
   imma = np.array([m == "imma" for m, _ in sweep.run_index(im.METHODS, 2)])
   heads = np.abs(np.asarray(state.harmful_head)).max(-1)

@@ -422,7 +422,7 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   with phases("evaluate"):
     state = sweep.join_methods(blocks["state"])
     ev = jax.tree.map(lambda a: a[:n_pairs], distributed.to_host(
-        sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa)))
+        sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa, task_batch=task_batch)))
   if not main:
     return None   # process 0 alone writes the results
   results = results_of(cfg, ev, pairs, index, blocks, tasks.root_p is not None)
