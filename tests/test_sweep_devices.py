@@ -52,7 +52,6 @@ SCRIPT = textwrap.dedent("""
     mesh_ = sweep._task_mesh(tasks)
     assert mesh_ is not None
     sweep._run_chunk.lower(runs.state, tasks, runs.weights, rtol=None, task_batch=1,
-                           imma_inner_steps=0,
                            mesh=mesh_, exact=False, all_steps=False, **kw).compile()
     print("done")
     """)
