@@ -67,6 +67,7 @@ STATE_MIGRATIONS: dict[int, tuple[str, Migration]] = {
             s["params"]["theta"].shape[:-2] + s["params"]["theta"].shape[-1:],
             np.asarray(s["params"]["theta"]).dtype))),
 }
+"""Each older ``State`` layout version: (what changed after it, its migration or None)."""
 STATE_VERSION = max(STATE_MIGRATIONS) + 1
 """The ``State`` layout this immujax writes (3: ``State`` with ``basis`` and ``harmful_head``)."""
 
