@@ -6,13 +6,20 @@ A training step needs, per Hessian ``S = BᵀB`` (``B = Rθ``, ``R`` a root of `
 ``eigh`` of the ``r × r`` Gram ``M = BBᵀ`` (same non-zero spectrum as ``S``); this module
 computes them from Cholesky factorizations and a few block iterations instead:
 
-* **top** (first) — block shift-and-invert ``X ← (σI − M)⁻¹X`` with ``σ`` just above
-  ``λ_max``: ``σ = θ_1 + 2r²/(θ_1 − θ_2)`` from the current Ritz values (a Kato–Temple
-  bound), the factor recomputed when progress stalls (a block Rayleigh-quotient iteration).
-  R_well squeezes the top of the spectrum together (measured: ``λ_2/λ_1 = 0.98`` after 30
-  MNIST steps), where power or Lanczos iterations need hundreds of products. If ``σ`` falls
-  below ``λ_max`` after all, ``σI − M`` is indefinite: the factorization is retried once
-  with ``σ = ‖M‖_F ≥ λ_max``, and a failure that remains is flagged (``ok = False``).
+* **top** (first) — a few block Krylov products first, ``[X, MX, …, MᵏX]`` with
+  Rayleigh–Ritz (``k`` = :data:`DEFAULT_KRYLOV_STEPS`, matrix–block products only, each
+  ≈ 1/50 of a Cholesky factorization at ``r = 596``): from the previous step's block this
+  often meets the tolerance outright, and otherwise gives Ritz values good enough for the
+  shift below to be valid. Then block shift-and-invert ``X ← (σI − M)⁻¹X`` with ``σ`` just
+  above ``λ_max``: ``σ = θ_1 + 2r²/(θ_1 − θ_2)`` from the current Ritz values (a
+  Kato–Temple bound), the factor recomputed when progress stalls (a block Rayleigh-quotient
+  iteration). R_well squeezes the top of the spectrum together (measured: ``λ_2/λ_1 =
+  0.98`` after 30 MNIST steps), where power or Lanczos iterations alone need hundreds of
+  products. If ``σ`` falls below ``λ_max`` after all, ``σI − M`` is indefinite: the
+  factorization is retried once with ``σ = ‖M‖_F ≥ λ_max``, and a failure that remains is
+  flagged (``ok = False``). Without the Krylov phase, a warm block one training step old
+  put the first shift below ``λ_max`` on more than half the paper-scale solves, and the
+  retry's ``‖M‖_F`` (far above a flattened top) then stalled (BUILD_NOTES, issue 18).
 * **bottom** — block inverse iteration ``Y ← (M − σI)⁻¹Y`` (two triangular solves with a
   Cholesky factor), with Rayleigh–Ritz in the inverse space (``Yᵀ(M − σI)⁻¹Y =
   (L⁻¹Y)ᵀ(L⁻¹Y)``), so ``λ = σ + 1/μ`` keeps the relative accuracy that a graded ``M``
@@ -87,6 +94,7 @@ DEFAULT_BLOCK = 4
 DEFAULT_TOL = 1e-12          # top pair: ‖Mx − θx‖/θ
 DEFAULT_TOL_BOTTOM = 1e-10   # bottom pair: ‖M⁻¹y − μy‖/μ (see the lift in _warm_one)
 DEFAULT_MAX_ITERS = 20
+DEFAULT_KRYLOV_STEPS = 6     # block Krylov products before the top's shift-and-invert
 
 #: How a batch of solves runs: ``"auto"`` (by platform and size, see the module docstring),
 #: ``"map"`` (sequential LAPACK calls), ``"xla"`` (batched, :mod:`immujax.linalg`) or
@@ -189,7 +197,43 @@ def _finish(b, m, n_rows, lam_min, w_min, lam_max, w_max, rtol, iterations, conv
   return e, Check(res_max, res_min, jnp.asarray(iterations, jnp.int32), ok)
 
 
-def _warm_one(b, bottom, top, *, kern, rtol, tol, tol_bottom, max_iters):
+def _krylov_top(m: Array, x: Array, steps: int, kern: _Kernels
+                ) -> tuple[Array, Array, Array]:
+  """Top Ritz pairs of ``M`` on ``span[X, MX, …, MˢX]``: ``(θ descending (b,), X (r, b), res)``.
+
+  ``X`` is orthonormal ``(r, b)``; ``res = ‖Mx₁ − θ₁x₁‖``. Each new block is
+  orthogonalized twice against the ones before; a column with nothing left (an invariant
+  subspace reached) becomes zero, and its Ritz value 0 sorts below the top.
+  """
+  b = x.shape[1]
+  qs, mqs = [x], []
+  for _ in range(steps):
+    mq = m @ qs[-1]
+    mqs.append(mq)
+    q = jnp.concatenate(qs, axis=1)
+    w = mq
+    for _ in range(2):
+      w = w - q @ (q.T @ w)
+    cols = []
+    for j in range(b):
+      v = w[:, j]
+      for _ in range(2):
+        for c in cols:
+          v = v - c * (c @ v)
+      norm = jnp.linalg.norm(v)
+      keep = norm > 1e-10 * jnp.linalg.norm(mq[:, j])
+      cols.append(jnp.where(keep, v / jnp.where(keep, norm, 1.0), 0.0))
+    qs.append(jnp.stack(cols, axis=1))
+  mqs.append(m @ qs[-1])
+  q, mq = jnp.concatenate(qs, axis=1), jnp.concatenate(mqs, axis=1)
+  t = q.T @ mq
+  th, u = kern.eigh(0.5 * (t + t.T))
+  th, u = th[::-1][:b], u[:, ::-1][:, :b]
+  x = q @ u
+  return th, x, jnp.linalg.norm(m @ x[:, 0] - th[0] * x[:, 0])
+
+
+def _warm_one(b, bottom, top, *, kern, rtol, tol, tol_bottom, max_iters, krylov_steps):
   n = b.shape[1]
   if rtol is None:
     rtol = spectral.default_rtol((n, n), b.dtype)
@@ -239,7 +283,12 @@ def _warm_one(b, bottom, top, *, kern, rtol, tol, tol_bottom, max_iters):
     _, th, res, _, _, it = carry
     return (it < max_iters) & (res > tol * th[0])
 
-  th0, x0, r0 = ritz(top)
+  # The Krylov phase only where the space fits well inside the Gram (not on tiny test
+  # matrices, where it would exhaust the space).
+  if krylov_steps and 4 * top.shape[1] * (krylov_steps + 1) <= m.shape[0]:
+    th0, x0, r0 = _krylov_top(m, top, krylov_steps, kern)
+  else:
+    th0, x0, r0 = ritz(top)
   # (Zeros derived from m, not constants: under shard_map a loop's carry must vary with the
   # device like the values that replace it.)
   f0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) + 0.0 * m[0, 0],
@@ -352,7 +401,7 @@ def _warm_one(b, bottom, top, *, kern, rtol, tol, tol_bottom, max_iters):
 
 def warm(b: Array, basis: Basis, *, rtol: float | None = None, tol: float | None = None,
          tol_bottom: float | None = None, max_iters: int | None = None,
-         batching: str | None = None) -> tuple[spectral.Extremes, Basis, Check]:
+         batching: str | None = None, krylov_steps: int | None = None) -> tuple[spectral.Extremes, Basis, Check]:
   """Extremes of ``S = BᵀB`` from the warm-started blocks ``basis`` (values only, no gradient).
 
   Args:
@@ -369,6 +418,9 @@ def warm(b: Array, basis: Basis, *, rtol: float | None = None, tol: float | None
       ``DEFAULT_MAX_ITERS``).
     batching: how a ``vmap`` of this call runs (static): ``"auto"``, ``"map"``, ``"xla"``
       or ``"native"`` (see :data:`BATCHING`, the default).
+    krylov_steps: block Krylov products before the top's shift-and-invert (static;
+      default ``DEFAULT_KRYLOV_STEPS``; 0 starts it from the basis' Ritz pairs). Used only
+      when ``4 · b · (krylov_steps + 1)`` fits in the Gram's ``r`` rows.
 
   Returns:
     ``(extremes, next basis, check)``. ``extremes`` has the fields of
@@ -387,17 +439,21 @@ def warm(b: Array, basis: Basis, *, rtol: float | None = None, tol: float | None
   tol_bottom = DEFAULT_TOL_BOTTOM if tol_bottom is None else tol_bottom
   max_iters = DEFAULT_MAX_ITERS if max_iters is None else max_iters
   batching = BATCHING if batching is None else batching
+  krylov_steps = DEFAULT_KRYLOV_STEPS if krylov_steps is None else int(krylov_steps)
+  if krylov_steps < 0:
+    raise ValueError(f"`krylov_steps` must be >= 0; got {krylov_steps}.")
   if batching not in ("auto", "map", "xla", "native"):
     raise ValueError(f"`batching` must be 'auto', 'map', 'xla' or 'native'; got {batching!r}.")
-  return _warm_fn(rtol, tol, tol_bottom, max_iters, batching)(b, basis.bottom, basis.top)
+  return _warm_fn(rtol, tol, tol_bottom, max_iters, batching, krylov_steps)(
+      b, basis.bottom, basis.top)
 
 
 @functools.lru_cache(maxsize=None)
-def _warm_fn(rtol, tol, tol_bottom, max_iters, batching):
+def _warm_fn(rtol, tol, tol_bottom, max_iters, batching, krylov_steps):
   """The solver for these static settings, with its batching rule (cached)."""
   def one(kern):
     return functools.partial(_warm_one, kern=kern, rtol=rtol, tol=tol, tol_bottom=tol_bottom,
-                             max_iters=max_iters)
+                             max_iters=max_iters, krylov_steps=krylov_steps)
 
   @jax.custom_batching.custom_vmap
   def f(b, bottom, top):

@@ -5,6 +5,8 @@ path): eigenvalues to 1e-10 relative, vectors to 1e-8 up to sign, on full-rank, 
 (rank-deficient K), near-degenerate-bottom and rank-dropping Hessians, and along whole
 training trajectories where the warm start is the previous step's basis.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,13 +58,15 @@ def _trajectory(rng, root, steps=8, size=0.05):
   return out
 
 
+@pytest.mark.parametrize("krylov_steps", [0, 1])
 @pytest.mark.parametrize("case", ["full_rank", "padded", "near_degenerate_bottom"])
-def test_warm_matches_eigh_at_every_step(case):
+def test_warm_matches_eigh_at_every_step(case, krylov_steps):
   rng = np.random.default_rng({"full_rank": 0, "padded": 1, "near_degenerate_bottom": 2}[case])
   kw = {"full_rank": {}, "padded": {"pad": 7},
         "near_degenerate_bottom": {"bottom_gap": 1e-3}}[case]
   root = _graded_root(rng, 40, 48, **kw)
-  warm, exact = _warm, _exact
+  # r = 40 fits one Krylov product with a block of 4 (4·b·(k + 1) ≤ r); 0 skips the phase.
+  warm, exact = _warm_with(krylov_steps), _exact
   basis = None
   for theta in _trajectory(rng, root):
     b = jnp.asarray(root @ theta)
@@ -79,6 +83,68 @@ def test_warm_matches_eigh_at_every_step(case):
       np.testing.assert_allclose(float(e.sigma_max), float(e0.sigma_max), rtol=EIG_RTOL)
       continue
     _assert_matches(e, e0)
+
+
+def _warm_with(krylov_steps):
+  return jax.jit(functools.partial(xe.warm, krylov_steps=krylov_steps))
+
+
+def _flat_top_root(rng, r, d, *, top=8, spread=1e4):
+  """A graded root whose ``top`` largest eigenvalues lie within 3 % of each other."""
+  root = _graded_root(rng, r, d, spread=spread)
+  scale = np.linalg.norm(root, axis=1)
+  root[:top] *= (scale[0] * np.linspace(1.0, 0.97, top) / scale[:top])[:, None]
+  return root
+
+
+def test_krylov_phase_saves_iterations_on_a_flattened_top_and_changes_no_answer():
+  # R_well flattens the top of H_P; from a warm block one step old the Ritz values are then
+  # too poor for the shift-and-invert's shift (which must lie above λ_max). The Krylov
+  # products first (no factorization) give the same answers in fewer block iterations.
+  rng = np.random.default_rng(11)
+  root = _flat_top_root(rng, 120, 128)
+  warm0, warm6 = _warm_with(0), _warm_with(6)
+  iterations = {0: 0, 6: 0}
+  basis0 = basis6 = None
+  for theta in _trajectory(rng, root, steps=6, size=0.2):
+    b = jnp.asarray(root @ theta)
+    e_ref, basis_ref, _ = _exact(b)
+    if basis0 is None:
+      basis0 = basis6 = basis_ref
+      continue
+    e0, basis0, c0 = warm0(b, basis0)
+    e6, basis6, c6 = warm6(b, basis6)
+    assert bool(c0.ok) and bool(c6.ok)
+    np.testing.assert_allclose(float(e6.sigma_max), float(e_ref.sigma_max), rtol=EIG_RTOL)
+    np.testing.assert_allclose(float(e6.sigma_min), float(e_ref.sigma_min), rtol=EIG_RTOL)
+    np.testing.assert_allclose(float(e6.sigma_max), float(e0.sigma_max), rtol=1e-13)
+    assert _sign_dist(e6.v_max, e0.v_max) < VEC_TOL
+    iterations[0] += int(c0.iterations)
+    iterations[6] += int(c6.iterations)
+  assert iterations[6] < iterations[0], iterations
+
+
+def test_krylov_phase_that_reaches_an_invariant_subspace_stays_exact():
+  # M = BBᵀ = RRᵀ has three distinct eigenvalues (9, 4, 0.25, each 40 times) for any
+  # orthogonal θ: the Krylov space of a 4-column block is exhausted after two products and
+  # the spent directions must become zero columns, never NaN.
+  rng = np.random.default_rng(12)
+  q = np.linalg.qr(rng.normal(size=(128, 128)))[0][:, :120].T
+  root = np.repeat([3.0, 2.0, 0.5], 40)[:, None] * q
+  theta0 = np.linalg.qr(rng.normal(size=(128, 128)))[0]
+  theta1 = np.linalg.qr(theta0 + 1e-2 * rng.normal(size=(128, 128)))[0]
+  _, basis, _ = _exact(jnp.asarray(root @ theta0))
+  e, _, check = _warm_with(6)(jnp.asarray(root @ theta1), basis)
+  assert bool(check.ok), check
+  np.testing.assert_allclose([float(e.sigma_max), float(e.sigma_min)], [9.0, 0.25],
+                             rtol=EIG_RTOL)
+
+
+def test_negative_krylov_steps_is_an_error_naming_the_argument():
+  b = jnp.asarray(_graded_root(np.random.default_rng(13), 10, 12))
+  _, basis, _ = _exact(b)
+  with pytest.raises(ValueError, match="krylov_steps"):
+    xe.warm(b, basis, krylov_steps=-1)
 
 
 def test_extremes_match_gram_extremes_and_rank_of_padded_root():

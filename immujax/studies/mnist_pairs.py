@@ -167,11 +167,14 @@ def _pooled_tasks(subsets, grams, roots, pairs, *, kind) -> immunize.Task:
 
 # The memory model of :func:`choose_task_batch`, in float64 D_in × D_in matrices (8·D² bytes):
 # resident for the whole run, per pair, its two Grams, and per run RESIDENT_PER_RUN (θ in the
-# state, the next chunk's state, the checkpoint's host copy); while a group of pairs is set
-# up or stepped, TRANSIENT_PER_RUN temporaries per run of the group (set-up holds every
-# method's runs at once, a chunk one method's). Checked against measured peaks (the main
-# job with 7 methods, an 8-pair paper-scale subset, a 7-method :paper run; .notes/issue-18.md).
-RESIDENT_PER_RUN = 3.0
+# state, the next chunk's state, the checkpoint's host copy, and one more that the whole
+# :paper run showed and nobody has located — its peak was 3.4 GB, ≈ 2 θ per run, over the
+# model with 3, of which the joined initial runs kept alive beside their per-method copies
+# were one, removed since); while a group of pairs is set up or stepped, TRANSIENT_PER_RUN
+# temporaries per run of the group (set-up holds every method's runs at once, a chunk one
+# method's). Checked against measured peaks (the main job with 7 methods, an 8-pair
+# paper-scale subset, the whole :paper; docs/results/performance.md).
+RESIDENT_PER_RUN = 4.0
 TRANSIENT_PER_RUN = 12.0
 BASE_BYTES = 0.6e9          # interpreter, JAX, XLA and the loaded MNIST
 
@@ -188,7 +191,7 @@ def choose_task_batch(requested: int, *, pairs_per_device: int, d_in: int, rank:
   Example:
     >>> choose_task_batch(0, pairs_per_device=90, d_in=784, rank=600, runs_per_pair=4,
     ...                   budget_bytes=12e9)[0]
-    19
+    11
   """
   if requested:
     return (None if requested >= pairs_per_device else int(requested)), (
@@ -378,6 +381,11 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
     task_batch = tasks.k_p.shape[0] // len(devices_used)
   log = metrics_log.MetricsLog(workdir, [m for m, _ in index], n_tasks=n_pairs, enabled=main)
   weights = sweep.split_by_method(runs.weights, methods, cfg.seeds)
+  # The per-method blocks are copies: neither the joined runs nor (once the loop has
+  # replaced them) the first blocks may stay referenced here, or each would hold one more θ
+  # per run for the whole study (1.8 GB at :paper scale).
+  first_blocks = [initial_blocks(cfg, runs, tasks)]
+  del runs
 
   def chunk(blocks, start):
     states, fallbacks, terms = [], [], []
@@ -410,7 +418,7 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
 
   chunk_s = {m: [] for m in methods}
   blocks = loop.run_in_workdir(
-      chunk, initial_blocks(cfg, runs, tasks), workdir, total_steps=cfg.steps,
+      chunk, first_blocks.pop(), workdir, total_steps=cfg.steps,
       chunk_steps=cfg.chunk_steps, max_chunks=max_chunks, clock=clock, say=say,
       on_progress=progress.printer(echo if main else None, "mnist", summarize), phases=phases)
   with phases("metrics_log"):
@@ -420,9 +428,11 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   if blocks is None:
     return None
   with phases("evaluate"):
-    state = sweep.join_methods(blocks["state"])
-    ev = jax.tree.map(lambda a: a[:n_pairs], distributed.to_host(
-        sweep.evaluate(state, tasks, loss="bce", kappa=cfg.kappa, task_batch=task_batch)))
+    # Block by block: joining the blocks first would hold a second θ per run.
+    ev = [distributed.to_host(sweep.evaluate(st, tasks, loss="bce", kappa=cfg.kappa,
+                                             task_batch=task_batch))
+          for st in blocks["state"]]
+    ev = jax.tree.map(lambda *a: np.concatenate(a, axis=1)[:n_pairs], *ev)
   if not main:
     return None   # process 0 alone writes the results
   results = results_of(cfg, ev, pairs, index, blocks, tasks.root_p is not None)
