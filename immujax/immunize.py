@@ -164,6 +164,15 @@ _USES = {
     "imma": ("imma",),
     "imma_unrolled": ("imma_unrolled",),
 }
+
+
+def method_terms(method: str) -> tuple[str, ...]:
+  """The :class:`Weights` fields (besides ``supervised``) that ``method`` weighs."""
+  if method not in _USES:
+    raise ValueError(f"`method` must be one of {tuple(_USES)}; got {method!r}.")
+  return _USES[method]
+
+
 _TERMS = ("r_well", "r_ill", "log_kappa_p", "log_kappa_h", "inv_log_kappa_h",
           "log_log_kappa_p", "inv_log_log_kappa_h", "imma", "imma_unrolled")
 
@@ -262,7 +271,8 @@ class Params(NamedTuple):
 def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse",
               imma_steps: int = 5, rtol: float | None = None,
               preconditioned_only: bool = False, basis: extreme_eigs.Basis | None = None,
-              exact: bool = False, harmful_head: Array | None = None
+              exact: bool = False, harmful_head: Array | None = None,
+              spectral_terms: tuple[str, ...] | None = None
               ) -> tuple[Params, Terms, extreme_eigs.Basis | None]:
   """The update direction of Alg. 1 (and the baselines) at ``params``.
 
@@ -291,6 +301,16 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
       the basis for the next step — the fallback for runs whose warm check failed.
     harmful_head: IMMA's adapted harmful head ``w`` ``(D_hid,)``; given, the term
       ``−λ_imma ∇_θ L_H(θ, w)`` (``w`` held fixed) is added. ``None`` skips it.
+    spectral_terms: static promise about a batch of one method's runs (see
+      ``sweep.method_statics``): only these spectral weights (of :data:`SPECTRAL_TERMS`)
+      may be non-zero, no run is ``adaptive``, and every run is preconditioned if
+      ``preconditioned_only`` else none is. The S-gradients are then applied in factored
+      form where that is cheaper — a rank-one term ``c·vvᵀ`` through ``(Kθv)vᵀ`` with
+      ``Kθv = Rᵀ(Bv)``, an ``S`` term of the plain gradient through ``Rᵀ(BBᵀ)B`` — and the
+      unused terms are not formed: Opt κ and IMMA form no ``D × D`` Hessian and no ``D³``
+      product, R_ill Only only the harmful Gram's. ``None`` (default): any weights, the
+      dense ``G`` of every term. Ours (both regularizers, preconditioned) takes the dense
+      path either way.
 
   Returns:
     ``(Params of directions, Terms of values, next basis or None)``.
@@ -320,15 +340,22 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
   c_h = (-weights.log_kappa_h
          + weights.inv_log_kappa_h * baselines.inverse_log_form(lk_h.value).slope
          + weights.inv_log_log_kappa_h * baselines.inverse_log_log_form(lk_h.value).slope)
-  g_p = lam_well * well.grad + c_p * lk_p.grad
-  g_h = lam_ill * ill.grad + c_h * lk_h.grad
-  if preconditioned_only:
-    d_spectral = theta @ (g_p + g_h)
+  dense = (spectral_terms is None
+           or (preconditioned_only and {"r_well", "r_ill"} & set(spectral_terms)))
+  if dense:
+    g_p = lam_well * well.grad + c_p * lk_p.grad
+    g_h = lam_ill * ill.grad + c_h * lk_h.grad
+    if preconditioned_only:
+      d_spectral = theta @ (g_p + g_h)
+    else:
+      pre = weights.precondition
+      m_p = pre * theta + (1.0 - pre) * kp_theta
+      m_h = pre * theta + (1.0 - pre) * kh_theta
+      d_spectral = m_p @ g_p + m_h @ g_h
   else:
-    pre = weights.precondition
-    m_p = pre * theta + (1.0 - pre) * kp_theta
-    m_h = pre * theta + (1.0 - pre) * kh_theta
-    d_spectral = m_p @ g_p + m_h @ g_h
+    d_spectral = _factored_spectral_direction(
+        theta, task, weights, e_p, e_h, c_p, c_h, used=frozenset(spectral_terms),
+        preconditioned=preconditioned_only)
   d_theta = weights.supervised * g_theta + 2.0 * d_spectral
   imma_loss = jnp.zeros_like(sup)
   if harmful_head is not None:  # static: IMMA's outer step at the adapted head, w fixed
@@ -346,6 +373,83 @@ def direction(params: Params, task: Task, weights: Weights, *, loss: str = "mse"
                 jnp.max(jnp.maximum(check.residual_max, check.residual_min)),
                 jnp.all(check.ok))
   return Params(d_theta, d_omega), terms, basis
+
+
+#: The weights of the spectral terms (:class:`Weights` fields), see ``direction``.
+SPECTRAL_TERMS = ("r_well", "r_ill", "log_kappa_p", "log_kappa_h", "inv_log_kappa_h",
+                  "log_log_kappa_p", "inv_log_log_kappa_h")
+
+
+def _rank_one_parts(weights, e_p, e_h, c_p, c_h, *, used, n):
+  """The S-gradients of ``direction`` as ``G_X = a_X·S_X + Σ c_i v_i v_iᵀ`` per Hessian.
+
+  Returns ``(a_p, coefs_p (k,), vecs_p (k, n), a_h, coefs_h, vecs_h)``, term by term
+  equal to the dense gradients of :mod:`immujax.regularizers` and
+  :func:`baselines.log_kappa_value_and_grad` (``tests/test_immunize.py`` checks it); a
+  term outside ``used`` is left out (its weight is 0 by the caller's promise).
+  """
+  def log_kappa(e):
+    positive = e.sigma_min > 0
+    smax = jnp.where(positive, e.sigma_max, 1.0)
+    smin = jnp.where(positive, e.sigma_min, 1.0)
+    return ([jnp.where(positive, jnp.sign(e.lambda_max) / smax, 0.0),
+             jnp.where(positive, -jnp.sign(e.lambda_min) / smin, 0.0)], [e.v_max, e.v_min])
+
+  zero = jnp.zeros((), e_p.sigma_max.dtype)
+  a_p = a_h = zero
+  cp, vp, ch, vh = [], [], [], []
+  if "r_well" in used:            # ∇R_well = λ_1 v_1v_1ᵀ − S/n
+    a_p = -weights.r_well / n
+    cp.append(weights.r_well * e_p.lambda_max)
+    vp.append(e_p.v_max)
+  if "r_ill" in used:             # ∇R_ill = (λ_k v_kv_kᵀ − S/k)/Δ², 0 where Δ ≤ 0
+    kk = jnp.maximum(e_h.rank, 1).astype(zero.dtype)
+    delta = e_h.frobenius_sq / (2 * kk) - 0.5 * e_h.sigma_min**2
+    positive = delta > 0
+    scale = jnp.where(positive, weights.r_ill / jnp.where(positive, delta, 1.0)**2, 0.0)
+    a_h = -scale / kk
+    ch.append(scale * e_h.lambda_min)
+    vh.append(e_h.v_min)
+  if used & {"log_kappa_p", "log_log_kappa_p"}:
+    c, v = log_kappa(e_p)
+    cp += [c_p * x for x in c]
+    vp += v
+  if used & {"log_kappa_h", "inv_log_kappa_h", "inv_log_log_kappa_h"}:
+    c, v = log_kappa(e_h)
+    ch += [c_h * x for x in c]
+    vh += v
+  stack = lambda c, v: ((jnp.stack(c), jnp.stack(v)) if c else (None, None))
+  return (a_p, *stack(cp, vp), a_h, *stack(ch, vh))
+
+
+def _factored_spectral_direction(theta, task, weights, e_p, e_h, c_p, c_h, *, used,
+                                 preconditioned):
+  """``Σ_X M_X G_X`` of ``direction`` from the factored ``G_X`` (``M = θ`` or ``Kθ``)."""
+  a_p, coefs_p, vecs_p, a_h, coefs_h, vecs_h = _rank_one_parts(
+      weights, e_p, e_h, c_p, c_h, used=used, n=theta.shape[1])
+  out = jnp.zeros_like(theta)
+  for a, coefs, vecs, k, root, s_term in (
+      (a_p, coefs_p, vecs_p, task.k_p, task.root_p, "r_well" in used),
+      (a_h, coefs_h, vecs_h, task.k_h, task.root_h, "r_ill" in used)):
+    if preconditioned:
+      if s_term:   # not reached: `direction` takes the dense path for these
+        raise NotImplementedError("a preconditioned S term is applied densely")
+      if coefs is not None:
+        out = out + (theta @ vecs.T * coefs) @ vecs
+      continue
+    if root is None:               # K itself: Kθv = K(θv), KθS = Kθ(θᵀKθ)
+      if coefs is not None:
+        out = out + (k @ (theta @ vecs.T) * coefs) @ vecs
+      if s_term:
+        k_theta = k @ theta
+        out = out + a * (k_theta @ _sym(theta.T @ k_theta))
+      continue
+    b = root @ theta
+    if coefs is not None:          # (Kθv)vᵀ with Kθv = Rᵀ(Bv)
+      out = out + (root.T @ (b @ vecs.T) * coefs) @ vecs
+    if s_term:                     # KθS = Rᵀ B BᵀB = Rᵀ (BBᵀ) B
+      out = out + a * (root.T @ ((b @ b.T) @ b))
+  return out
 
 
 def _hessians_and_extremes(theta, task, rtol, *, basis=None, exact=False):
@@ -520,12 +624,13 @@ def adapt_harmful_head(theta: Array, head: Array, task: Task, weights: Weights, 
 
 @functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "imma_inner_steps",
                                              "rtol", "optimizer", "preconditioned_only",
-                                             "exact"))
+                                             "exact", "spectral_terms"))
 def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: str = "mse",
               imma_steps: int = 5, imma_inner_steps: int = IMMA_INNER_STEPS,
               rtol: float | None = None,
               optimizer: Callable[..., optax.GradientTransformation] = sgd,
-              preconditioned_only: bool = False, exact: bool = False) -> tuple[State, Terms]:
+              preconditioned_only: bool = False, exact: bool = False,
+              spectral_terms: tuple[str, ...] | None = None) -> tuple[State, Terms]:
   """Runs ``steps`` iterations of Alg. 1 with ``lax.scan`` (one compiled chunk).
 
   The optimizer's hyperparameters live in ``state.opt_state`` (see :func:`sgd`), so this
@@ -537,6 +642,7 @@ def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: s
   steps from the previous head, :func:`adapt_harmful_head`), then takes the outer step at
   ``(θ_t, w_{t+1})``; ``imma_inner_steps = 0`` (static) skips both for batches without IMMA.
   ``imma_steps`` is the unrolled variant's attacker length (0 skips it).
+  ``preconditioned_only`` and ``spectral_terms`` are :func:`direction`'s static promises.
 
   Returns:
     ``(final state, Terms stacked over steps)``.
@@ -554,7 +660,7 @@ def run_steps(state: State, task: Task, weights: Weights, *, steps: int, loss: s
     d, terms, basis = direction(state.params, task, weights, loss=loss,
                                 imma_steps=imma_steps, rtol=rtol,
                                 preconditioned_only=preconditioned_only, basis=state.basis,
-                                exact=exact,
+                                exact=exact, spectral_terms=spectral_terms,
                                 harmful_head=head if imma_inner_steps > 0 else None)
     updates, opt_state = tx.update(d, state.opt_state, state.params)
     params = jax.tree.map(_flush_subnormal, optax.apply_updates(state.params, updates))

@@ -233,10 +233,13 @@ def method_statics(method: str, *, imma_steps: int, precondition_baselines: bool
     imma_inner_steps: IMMA's attacker steps per outer step (``imma``).
 
   Returns:
-    ``dict(imma_steps=..., imma_inner_steps=..., preconditioned_only=..., exact=...)``: each
-    IMMA's attacker only for its own runs; no plain-gradient products for methods whose
-    spectral terms are all preconditioned or absent (Ours, both IMMAs, or every method with
-    ``precondition_baselines``).
+    ``dict(imma_steps=..., imma_inner_steps=..., preconditioned_only=..., exact=...,
+    spectral_terms=...)``: each IMMA's attacker only for its own runs; no plain-gradient
+    products for methods whose spectral terms are all preconditioned or absent (Ours, both
+    IMMAs, or every method with ``precondition_baselines``); only the method's own
+    spectral terms, in factored form where cheaper (``immunize.direction``: Opt κ and the
+    IMMAs form no ``D × D`` Hessian). The weights must be the method's own
+    (``immunize.balanced_method_weights``): these are promises about them.
   """
   for m in (method, *exact_methods):
     if m not in immunize.METHODS:
@@ -245,7 +248,9 @@ def method_statics(method: str, *, imma_steps: int, precondition_baselines: bool
               imma_inner_steps=imma_inner_steps if method == "imma" else 0,
               preconditioned_only=(precondition_baselines
                                    or method in ("ours", "imma", "imma_unrolled")),
-              exact=method in exact_methods)
+              exact=method in exact_methods,
+              spectral_terms=tuple(t for t in immunize.method_terms(method)
+                                   if t in immunize.SPECTRAL_TERMS))
 
 
 def device_mesh(devices=None) -> Mesh:
@@ -297,7 +302,8 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
               imma_inner_steps: int = immunize.IMMA_INNER_STEPS, rtol: float | None = None,
               preconditioned_only: bool = False, task_batch: int | None = None,
               mesh: Mesh | None = None, exact: bool = False,
-              all_steps: bool = False) -> tuple[immunize.State, immunize.Terms]:
+              all_steps: bool = False, spectral_terms: tuple[str, ...] | None = None
+              ) -> tuple[immunize.State, immunize.Terms]:
   """``steps`` steps of every run: ``vmap_T(vmap_R(immunize.run_steps))``.
 
   Args:
@@ -317,6 +323,8 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
       placed on (:func:`shard_tasks`), if it has several devices.
     exact: force the full-``eigh`` extremes on runs that carry a warm-start basis.
     all_steps: return every step's terms, shape ``(T, R, steps)``, instead of the last.
+    spectral_terms: static promise that only these spectral weights are non-zero (see
+      ``immunize.direction``; :func:`method_statics` gives a method's). ``None``: any.
 
   Returns:
     The new state and the last step's :class:`immunize.Terms`, shape ``(T, R)`` — except
@@ -329,19 +337,21 @@ def run_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Wei
     mesh = _task_mesh((state, tasks, weights))
   return _run_chunk(state, tasks, weights, steps=steps, loss=loss, imma_steps=imma_steps,
                     imma_inner_steps=imma_inner_steps, rtol=rtol, preconditioned_only=preconditioned_only,
-                    task_batch=task_batch, mesh=mesh, exact=exact, all_steps=all_steps)
+                    task_batch=task_batch, mesh=mesh, exact=exact, all_steps=all_steps,
+                    spectral_terms=spectral_terms)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "imma_inner_steps",
                                              "rtol", "preconditioned_only", "task_batch",
-                                             "mesh", "exact", "all_steps"))
+                                             "mesh", "exact", "all_steps", "spectral_terms"))
 def _run_chunk(state, tasks, weights, *, steps, loss, imma_steps, imma_inner_steps, rtol,
-               preconditioned_only, task_batch, mesh, exact, all_steps):
+               preconditioned_only, task_batch, mesh, exact, all_steps,
+               spectral_terms=None):
   def per_run(s, task, w):
     s, terms = immunize.run_steps(s, task, w, steps=steps, loss=loss,
                                   imma_steps=imma_steps, imma_inner_steps=imma_inner_steps,
                                   rtol=rtol, preconditioned_only=preconditioned_only,
-                                  exact=exact)
+                                  exact=exact, spectral_terms=spectral_terms)
     return s, terms if all_steps else _chunk_summary(terms)
   per_task = jax.vmap(per_run, in_axes=(0, None, 0))
   # lax.map maps every leaf over its leading axis: pass a shared pool by closure instead.
@@ -373,13 +383,14 @@ run_chunk._cache_size = _run_chunk._cache_size  # pylint: disable=protected-acce
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "loss", "imma_steps", "imma_inner_steps",
-                                             "rtol", "preconditioned_only", "all_steps"))
+                                             "rtol", "preconditioned_only", "all_steps",
+                                             "spectral_terms"))
 def _exact_run(state, task, weights, *, steps, loss, imma_steps, imma_inner_steps, rtol,
-               preconditioned_only, all_steps):
+               preconditioned_only, all_steps, spectral_terms=None):
   new, terms = immunize.run_steps(state, task, weights, steps=steps, loss=loss,
                                   imma_steps=imma_steps, imma_inner_steps=imma_inner_steps,
                                   rtol=rtol, preconditioned_only=preconditioned_only,
-                                  exact=True)
+                                  exact=True, spectral_terms=spectral_terms)
   return new, terms if all_steps else _chunk_summary(terms)
 
 
@@ -446,7 +457,7 @@ def _fall_back(ok, state, tasks, weights, new, terms, bulk_fraction, kwargs):
   static = {k: kwargs.get(k, d) for k, d in (
       ("steps", None), ("loss", "mse"), ("imma_steps", 5),
       ("imma_inner_steps", immunize.IMMA_INNER_STEPS), ("rtol", None),
-      ("preconditioned_only", False), ("all_steps", False))}
+      ("preconditioned_only", False), ("all_steps", False), ("spectral_terms", None))}
   for t, r in np.argwhere(~ok):
     new, terms = _recompute_run(int(t), int(r), state, tasks, weights, new, terms, static)
   return new, terms, ~ok

@@ -175,7 +175,7 @@ def test_method_statics_skip_what_a_method_does_not_need():
   assert st["imma"]["imma_inner_steps"] == im.IMMA_INNER_STEPS == 1
   assert st["imma"]["imma_steps"] == 0
   assert st["imma_unrolled"] == dict(imma_steps=5, imma_inner_steps=0,
-                                     preconditioned_only=True, exact=False)
+                                     preconditioned_only=True, exact=False, spectral_terms=())
   for m in ("ours", "r_ill_only", "opt_kappa", "opt_kappa_log", "opt_kappa_loglog"):
     assert st[m]["imma_steps"] == st[m]["imma_inner_steps"] == 0
   for m in ("opt_kappa", "opt_kappa_log", "opt_kappa_loglog", "r_ill_only"):

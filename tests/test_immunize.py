@@ -228,3 +228,47 @@ def test_roots_and_preconditioned_only_give_the_same_runs():
     _close(out[name][0], out["full"][0], rtol=1e-8)
     _close(out[name][1], out["full"][1], rtol=1e-6)
   assert np.all(out["full"][1] > 1)  # the runs did move κ: the comparison is not vacuous
+
+
+@pytest.mark.parametrize("precondition_baselines", [False, True])
+@pytest.mark.parametrize("roots", [False, True])
+def test_each_methods_factored_direction_equals_the_dense_one(roots, precondition_baselines):
+  # sweep.method_statics promises each method's block its own spectral terms only; the
+  # factored direction (rank-one terms through Kθv, R_ill's S term through Rᵀ(BBᵀ)B, the
+  # unused terms not formed) is an exact rewrite of the dense Σ M_X G_X.
+  from immujax import spectral
+  rng = np.random.default_rng(21)
+  x_p, x_h = rng.normal(size=(9, 7)), rng.normal(size=(6, 7)) * np.linspace(2, 0.5, 7)
+  task = im.make_task(x_p, rng.normal(size=9), x_h, rng.normal(size=6))
+  if roots:
+    task = task._replace(root_p=spectral.covariance_root(task.k_p, rows=7),
+                         root_h=spectral.covariance_root(task.k_h, rows=7))
+  params = im.init_params(jax.random.key(3), 7)
+  # Two plain gradient steps first, so that no term vanishes at an orthogonal θ.
+  params = params._replace(theta=params.theta @ (np.eye(7) + 0.3 * rng.normal(size=(7, 7))))
+  bal = im.balanced_weights(params, task, learning_rate=0.01, step_scale=0.2, imma_steps=2)
+  checked = set()
+  for m in im.METHODS:
+    w = im.balanced_method_weights(m, bal, precondition_baselines=precondition_baselines)
+    st = sweep.method_statics(m, imma_steps=2, precondition_baselines=precondition_baselines)
+    head = (im.adapt_harmful_head(params.theta, jnp.zeros(7), task, w, steps=1)
+            if m == "imma" else None)
+    kw = dict(preconditioned_only=st["preconditioned_only"], imma_steps=st["imma_steps"],
+              harmful_head=head)
+    dense, terms, _ = im.direction(params, task, w, **kw)
+    factored, terms_f, _ = im.direction(params, task, w, spectral_terms=st["spectral_terms"],
+                                        **kw)
+    _close(factored.theta, dense.theta, rtol=1e-10)
+    _close(factored.omega, dense.omega, rtol=1e-12)
+    for a, b in zip(terms_f, terms):
+      np.testing.assert_array_equal(a, b)   # the values are the same computation
+    checked.add(m)
+    if m in ("r_ill_only", "opt_kappa"):
+      # Not vacuous: the spectral part of the direction is large.
+      sup = im.direction(params, task, w._replace(
+          **{t: 0.0 * getattr(w, t) for t in im.SPECTRAL_TERMS}), **kw)[0].theta
+      assert np.linalg.norm(dense.theta - sup) > 1e-3 * np.linalg.norm(dense.theta)
+  assert checked == set(im.METHODS)
+  assert sweep.method_statics("opt_kappa", imma_steps=0)["spectral_terms"] == (
+      "log_kappa_p", "inv_log_kappa_h")
+  assert sweep.method_statics("imma", imma_steps=0)["spectral_terms"] == ()
