@@ -174,14 +174,21 @@ def floor_mode():
 
 
 def flops_per_run_step(d, r, method):
-  """Counted matmul flops (2mnk each) of one step of ``method`` on the root path."""
+  """Counted matmul flops (2mnk each) of one step of ``method`` on the root path.
+
+  As ``sweep.method_statics`` steps it (``immunize.direction``'s factored terms): Ours
+  forms both Hessians and one θ·G; R_ill Only applies its S term as Rᵀ(BBᵀ)B on the
+  harmful side only; Opt κ's and IMMA's terms are rank-one or absent (their O(rd) products
+  and IMMA's attacker are not counted).
+  """
   f = 2 * (2 * r * d * d)        # B = Rθ for P and H
-  f += 2 * (2 * r * r * d)       # Grams BBᵀ
-  f += 2 * (2 * d * d * r)       # H = BᵀB
-  if method in ("ours", "imma"):
+  f += 2 * (2 * r * r * d)       # Grams BBᵀ (inside the extreme solver)
+  if method == "ours":
+    f += 2 * (2 * d * d * r)     # H = BᵀB for P and H
     f += 2 * d**3                # θ·G (preconditioned)
-  else:
-    f += 2 * (2 * d * d * r) + 2 * (2 * d**3)   # Kθ = Rᵀ(Rθ) and Kθ·G for P and H
+  elif method == "r_ill_only":
+    f += 2 * (2 * r * r * d)     # the harmful Gram again and (BBᵀ)B
+    f += 2 * d * r * d           # Rᵀ(·)
   return f
 
 
