@@ -431,9 +431,7 @@ def _factored_spectral_direction(theta, task, weights, e_p, e_h, c_p, c_h, *, us
   for a, coefs, vecs, k, root, s_term in (
       (a_p, coefs_p, vecs_p, task.k_p, task.root_p, "r_well" in used),
       (a_h, coefs_h, vecs_h, task.k_h, task.root_h, "r_ill" in used)):
-    if preconditioned:
-      if s_term:   # not reached: `direction` takes the dense path for these
-        raise NotImplementedError("a preconditioned S term is applied densely")
+    if preconditioned:             # rank-one terms only: `direction` applies S terms densely
       if coefs is not None:
         out = out + (theta @ vecs.T * coefs) @ vecs
       continue
