@@ -401,7 +401,8 @@ def _warm_one(b, bottom, top, *, kern, rtol, tol, tol_bottom, max_iters, krylov_
 
 def warm(b: Array, basis: Basis, *, rtol: float | None = None, tol: float | None = None,
          tol_bottom: float | None = None, max_iters: int | None = None,
-         batching: str | None = None, krylov_steps: int | None = None) -> tuple[spectral.Extremes, Basis, Check]:
+         batching: str | None = None, krylov_steps: int | None = None
+         ) -> tuple[spectral.Extremes, Basis, Check]:
   """Extremes of ``S = BᵀB`` from the warm-started blocks ``basis`` (values only, no gradient).
 
   Args:
