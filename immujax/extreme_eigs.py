@@ -202,30 +202,29 @@ def _krylov_top(m: Array, x: Array, steps: int, kern: _Kernels
   """Top Ritz pairs of ``M`` on ``span[X, MX, …, MˢX]``: ``(θ descending (b,), X (r, b), res)``.
 
   ``X`` is orthonormal ``(r, b)``; ``res = ‖Mx₁ − θ₁x₁‖``. Each new block is
-  orthogonalized twice against the ones before; a column with nothing left (an invariant
-  subspace reached) becomes zero, and its Ritz value 0 sorts below the top.
+  orthogonalized twice against the ones before, then within itself; a column with nothing
+  left (an invariant subspace reached) becomes zero, and its Ritz value 0 sorts below the
+  top. The blocks fill a fixed ``(r, (s+1)·b)`` buffer in a loop (its unfilled columns are
+  zero, so projecting on the whole buffer is projecting on the blocks so far): one copy of
+  the step in the compiled program, not ``s``.
   """
-  b = x.shape[1]
-  qs, mqs = [x], []
-  for _ in range(steps):
-    mq = m @ qs[-1]
-    mqs.append(mq)
-    q = jnp.concatenate(qs, axis=1)
-    w = mq
+  r, b = x.shape
+  width = b * (steps + 1)
+  q = jnp.zeros((r, width), x.dtype).at[:, :b].set(x)
+  mq = 0.0 * q   # derived from x: under shard_map a loop carry must vary like its updates
+
+  def step(i, carry):
+    q, mq = carry
+    mx = m @ jax.lax.dynamic_slice_in_dim(q, i * b, b, axis=1)
+    w = mx
     for _ in range(2):
       w = w - q @ (q.T @ w)
-    cols = []
-    for j in range(b):
-      v = w[:, j]
-      for _ in range(2):
-        for c in cols:
-          v = v - c * (c @ v)
-      norm = jnp.linalg.norm(v)
-      keep = norm > 1e-10 * jnp.linalg.norm(mq[:, j])
-      cols.append(jnp.where(keep, v / jnp.where(keep, norm, 1.0), 0.0))
-    qs.append(jnp.stack(cols, axis=1))
-  mqs.append(m @ qs[-1])
-  q, mq = jnp.concatenate(qs, axis=1), jnp.concatenate(mqs, axis=1)
+    new = linalg.orthonormalize(w, drop_below=1e-10 * jnp.linalg.norm(mx, axis=0))
+    return (jax.lax.dynamic_update_slice_in_dim(q, new, (i + 1) * b, axis=1),
+            jax.lax.dynamic_update_slice_in_dim(mq, mx, i * b, axis=1))
+
+  q, mq = jax.lax.fori_loop(0, steps, step, (q, mq))
+  mq = mq.at[:, steps * b:].set(m @ q[:, steps * b:])
   t = q.T @ mq
   th, u = kern.eigh(0.5 * (t + t.T))
   th, u = th[::-1][:b], u[:, ::-1][:, :b]

@@ -139,12 +139,25 @@ def solve_upper(f: Factor, y: Array) -> Array:
   return x[:, 0] if vec else x
 
 
-def orthonormalize(x: Array) -> Array:
+def orthonormalize(x: Array, *, drop_below: Array | None = None) -> Array:
   """Orthonormal columns spanning ``x`` ``(n, b)`` (Gram–Schmidt twice; no QR call).
 
   Column ``j`` is orthogonalised against columns ``< j`` twice ("twice is enough"), which
   keeps orthogonality at round-off for any numerically independent block — inverse
   iteration makes its blocks nearly dependent. The sign convention may differ from a QR's.
+
+  Args:
+    x: ``(n, b)``.
+    drop_below: optional ``(b,)`` norms: a column whose remainder after orthogonalisation
+      is not above ``drop_below[j]`` becomes zero instead of being normalised (a Krylov
+      space that reached an invariant subspace: nothing new is left in it). Zero columns
+      do not disturb later ones. Without it, a column must keep a non-zero remainder.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+    >>> orthonormalize(x, drop_below=jnp.array([0.0, 1e-10])).tolist()
+    [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
   """
   n, b = x.shape
   q = jnp.zeros_like(x)
@@ -154,7 +167,11 @@ def orthonormalize(x: Array) -> Array:
       for _ in range(2):
         v = v - q[:, :j] @ (q[:, :j].T @ v)
     norm = jnp.linalg.norm(v)
-    q = q.at[:, j].set(v / norm)
+    if drop_below is None:
+      q = q.at[:, j].set(v / norm)
+    else:
+      keep = norm > drop_below[j]
+      q = q.at[:, j].set(jnp.where(keep, v / jnp.where(keep, norm, 1.0), 0.0))
   return q
 
 
