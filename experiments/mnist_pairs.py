@@ -12,6 +12,7 @@ pairs are sharded over every device, and over several processes with
 :mod:`immujax.studies.mnist_pairs`.
 """
 
+import os
 import pathlib
 
 from experiments.configs import mnist_pairs as config_lib
@@ -32,7 +33,8 @@ def define(d: cli.Definer) -> None:
   d.string("tfds_data_dir", None, "tfds data dir (--config.source=tfds only).")
   d.max_chunks()
   d.integer("devices", None, "Use only the first N devices (on a CPU: create N devices, at "
-            "most one per core).")
+            "most one per core). Default on a CPU, one process: one device per core for "
+            "images of at most 196 pixels (the main job), else one device.")
   d.distributed()
 
 
@@ -40,8 +42,12 @@ def main(f) -> None:
   from immujax.studies import mnist_pairs  # pylint: disable=g-import-not-at-top
   clock = loop.WallClock()   # the whole run's wall time, across resumes
   cfg = f.config
-  layout = devices.configure(f.devices)   # CPU devices: before JAX starts its backend
-  distributed.initialize(cli.launch(f))   # several processes: before any JAX computation
+  launch = cli.launch(f)
+  # CPU devices before JAX starts its backend: one per core for small images, one process.
+  default, why = (None, "") if distributed.is_multi_process(launch) else (
+      mnist_pairs.default_cpu_devices(cfg, os.cpu_count() or 1))
+  layout = devices.configure(f.devices, default=default, why=why)
+  distributed.initialize(launch)   # several processes: before any JAX computation
   if distributed.is_main_process():
     cli.echo(f"[mnist] {devices.describe(layout, f.devices)}")
   # Validate every flag and config field, and load the data, BEFORE touching the workdir.

@@ -376,3 +376,82 @@ def test_task_batch_from_memory_the_largest_group_that_fits_or_the_override():
   assert study.choose_task_batch(7, budget_bytes=1e9, **kw) == (
       7, "task_batch = 7 pair(s) per device at a time (--config.task_batch)")
   assert study.choose_task_batch(90, budget_bytes=1e9, **kw)[0] is None
+
+
+# ------------------------------------------------------------------- CPU device layout
+
+_LAYOUT = """
+import sys
+from immujax.runner import devices
+devices_flag, default = (None if a == "-" else int(a) for a in sys.argv[1:3])
+layout = devices.configure(devices_flag, default=default, why="why")
+import jax
+print(jax.local_device_count(), layout, sep="|")
+"""
+
+
+def _layout(devices_flag, default, xla_flags=None):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if xla_flags:
+    env["XLA_FLAGS"] = xla_flags
+  p = subprocess.run([sys.executable, "-c", _LAYOUT, str(devices_flag or "-"),
+                      str(default or "-")], env=env, capture_output=True, text=True,
+                     timeout=120, check=False)
+  assert p.returncode == 0, p.stderr[-2000:]
+  count, layout = p.stdout.strip().splitlines()[-1].split("|")
+  return int(count), layout
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to create 2 CPU devices")
+def test_cpu_layout_the_binary_default_then_devices_flag_then_xla_flags_win():
+  assert _layout(None, None) == (1, "default: one device, every core through XLA's "
+                                    "intra-op threads")
+  assert _layout(None, 2) == (2, "default for this job: why; --devices=1 for one")
+  assert _layout(1, 2) == (1, "--devices")
+  assert _layout(None, 2, "--xla_force_host_platform_device_count=1") == (1, "XLA_FLAGS")
+  # A default above the core count is not applied (it would only oversubscribe the cores).
+  assert _layout(None, (os.cpu_count() or 1) + 1)[0] == 1
+
+
+def test_small_images_default_to_one_device_per_core_with_no_idle_padding():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from immujax.studies import mnist_pairs as study  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(pool=2, pairs=()))     # D_in = 196, all 90 pairs
+  assert [study.default_cpu_devices(cfg, c)[0] for c in (1, 2, 3, 8, 64, 90, 128)] == \
+      [None, 2, 3, 8, 45, 90, 90]
+  assert study.default_cpu_devices(cfg, 2)[1] == \
+      "D_in = 196 ≤ 196: 2 devices (at most one per core), 45 pair(s) each"
+  cfg.pairs = ((0, 1), (1, 0), (2, 3))
+  assert [study.default_cpu_devices(cfg, c)[0] for c in (2, 3, 8)] == [2, 3, 3]
+  cfg.pool = 1                                                  # paper scale: one device
+  assert study.default_cpu_devices(cfg, 8) == (None, "D_in = 784: one device")
+
+
+def test_a_multi_process_launch_is_known_before_jax_starts():
+  from immujax.runner import distributed  # pylint: disable=g-import-not-at-top
+  one = distributed.Launch()
+  assert not distributed.is_multi_process(one, {})
+  assert distributed.is_multi_process(distributed.Launch("localhost:1234", 2, 0), {})
+  assert distributed.is_multi_process(one, {"OMPI_COMM_WORLD_SIZE": "4"})
+  assert not distributed.is_multi_process(one, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"})
+  assert distributed.is_multi_process(one, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"})
+  with pytest.raises(ValueError, match="--process_id missing"):
+    distributed.is_multi_process(distributed.Launch("localhost:1234", 2, None), {})
+
+
+def test_local_devices_share_the_memory_budget(monkeypatch):
+  import types  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from immujax.runner import devices  # pylint: disable=g-import-not-at-top
+  from immujax.studies import mnist_pairs as study  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(devices, "available_memory", lambda: None)   # the fixed budget
+  cfg = ml_collections.ConfigDict(dict(task_batch=0, methods=("ours",) * 4, seeds=1))
+  tasks = types.SimpleNamespace(k_p=np.zeros((90, 784, 784)), root_p=np.zeros((90, 700, 784)))
+  one, line_one = study.task_batch_for(cfg, tasks, 2, 1)
+  two, line_two = study.task_batch_for(cfg, tasks, 2, 2)
+  assert "budget 10.8 GB" in line_one and "split" not in line_one, line_one
+  assert "budget 5.4 GB" in line_two and line_two.endswith(
+      "[budget split over this process's 2 devices]"), line_two
+  assert 1 <= two < one < 45

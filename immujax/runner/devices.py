@@ -1,14 +1,15 @@
-"""The CPU device layout of a process, set before JAX starts: one device unless asked.
+"""The CPU device layout of a process, set before JAX starts.
 
 XLA:CPU shows one device per process unless ``--xla_force_host_platform_device_count`` says
-otherwise. That one device already uses every core: XLA runs each large matmul on its
-intra-op thread pool (one thread per core), which measured faster than several simulated
-devices on this project's machines (BUILD_NOTES.md, "Every core by default", has the
-numbers). So the default is ONE device per process, and :func:`configure` only changes it
-when the user asks: an ``XLA_FLAGS`` device count in the environment always wins; otherwise
-``--devices=N`` creates N CPU devices (no environment prefix needed). It must run before
-the first JAX computation (backends start lazily). On GPU/TPU hosts the setting only
-concerns the CPU platform and is harmless.
+otherwise. That one device runs each large matmul on XLA's intra-op thread pool (one thread
+per core), but executes its program's other operations one after another — among them the
+warm solver's LAPACK calls, mapped one run at a time (``immujax.extreme_eigs``), on ONE
+core. Which layout is faster depends on the job (BUILD_NOTES.md, "Every core by default",
+has the numbers): so the binary chooses a default for its job and :func:`configure` applies
+it unless the user said otherwise — an ``XLA_FLAGS`` device count in the environment
+always wins, then ``--devices=N``, then the binary's ``default``. It must run before the
+first JAX computation (backends start lazily). On GPU/TPU hosts the setting only concerns
+the CPU platform and is harmless.
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ __all__ = [
 _FLAG = "--xla_force_host_platform_device_count"
 
 
-def configure(devices: int | None = None) -> str:
-  """Sets this process's CPU device count if the user asked for one; no JAX call.
+def configure(devices: int | None = None, *, default: int | None = None,
+              why: str = "") -> str:
+  """Sets this process's CPU device count; no JAX call.
 
   Args:
-    devices: the binary's ``--devices`` flag, or None (the default layout).
+    devices: the binary's ``--devices`` flag, or None.
+    default: the count the binary chose for its job when ``devices`` is None (None or 1:
+      one device); at most the core count.
+    why: a few words on that choice, for :func:`describe`.
 
   Returns:
     Where the layout comes from, for :func:`describe`.
@@ -38,7 +43,11 @@ def configure(devices: int | None = None) -> str:
     return "XLA_FLAGS"
   if xla_bridge._backends:  # pylint: disable=protected-access
     return "set before this call"
-  if devices is None or devices < 1 or devices > (os.cpu_count() or 1):
+  cores = os.cpu_count() or 1
+  if devices is None and default and 1 < default <= cores:
+    os.environ["XLA_FLAGS"] = f"{flags} {_FLAG}={default}".strip()
+    return f"default for this job: {why or f'{default} devices'}; --devices=1 for one"
+  if devices is None or devices < 1 or devices > cores:
     # More simulated devices than cores only oversubscribe them: leave the count alone, and
     # the binary's own check reports the flag.
     return "default: one device, every core through XLA's intra-op threads"

@@ -21,6 +21,7 @@ __all__ = [
     "initialize",
     "is_initialized",
     "is_main_process",
+    "is_multi_process",
     "Launch",
     "local_rows",
     "put_global",
@@ -64,6 +65,21 @@ def validate(address, num_processes, process_id, timeout_s) -> bool:
   return True
 
 
+def is_multi_process(launch: Launch, environ=None) -> bool:
+  """True if :func:`initialize` will start a multi-process run (no JAX call).
+
+  The three flags given, or a cluster in the environment (``CLUSTER_ENV``) other than a
+  one-task Slurm job.
+  """
+  environ = os.environ if environ is None else environ
+  if validate(*launch):
+    return True
+  if not any(environ.get(v) for v in CLUSTER_ENV):
+    return False
+  return not (environ.get("SLURM_JOB_ID") and int(
+      environ.get("SLURM_NTASKS", environ.get("SLURM_NPROCS", "1"))) <= 1)
+
+
 def initialize(launch: Launch, environ=None) -> None:
   """``jax.distributed.initialize`` from ``launch`` (or the cluster's environment ``environ``).
 
@@ -72,12 +88,9 @@ def initialize(launch: Launch, environ=None) -> None:
   to gloo explicitly: a multi-process CPU run needs one to exchange the small results.
   """
   environ = os.environ if environ is None else environ
-  explicit = validate(*launch)
-  if not explicit and not any(environ.get(v) for v in CLUSTER_ENV):
+  if not is_multi_process(launch, environ):
     return
-  if not explicit and environ.get("SLURM_JOB_ID") and int(
-      environ.get("SLURM_NTASKS", environ.get("SLURM_NPROCS", "1"))) <= 1:
-    return   # one Slurm task: nothing to coordinate
+  explicit = validate(*launch)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   # A dead process is noticed within `timeout` (heartbeats); at a normal exit the others
   # wait up to 5 minutes for process 0, which writes the results last.

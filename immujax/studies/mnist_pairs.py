@@ -42,6 +42,7 @@ from immujax.studies import tables
 
 __all__ = [
     "build_tasks",
+    "default_cpu_devices",
     "init_runs",
     "load_images",
     "pool_images",
@@ -211,6 +212,52 @@ def choose_task_batch(requested: int, *, pairs_per_device: int, d_in: int, rank:
              f"budget {budget_bytes / 1e9:.1f} GB{warn}); --config.task_batch=N overrides")
 
 
+#: On a CPU, a job whose images have at most this many pixels runs one device per core by
+#: default (:func:`default_cpu_devices`). Measured on this project's 2-core CPU (BUILD_NOTES,
+#: "Every core by default"): at D_in = 196 two devices ran the main job 1.35× faster than
+#: one; at D_in = 784 they were 1.07× slower. No size in between was measured.
+ONE_DEVICE_PER_CORE_MAX_D_IN = 196
+
+
+def default_cpu_devices(cfg, cores: int) -> tuple[Optional[int], str]:
+  """The CPU device count a one-process job of ``cfg`` uses when the user sets none.
+
+  One device runs its program's operations one after another, with only the large matmuls
+  spread over the cores by XLA's intra-op threads; the warm solver's small LAPACK calls are
+  mapped one run at a time on one core. With small images (``D_in`` ≤
+  :data:`ONE_DEVICE_PER_CORE_MAX_D_IN`) the solver is most of a step and the matmuls gain
+  little from threads, so one device per core runs that many pairs side by side — or
+  fewer devices where more would not take fewer pairs each (90 pairs on 64 cores: 45
+  devices of 2 pairs, not 64 devices and 38 padded pairs).
+
+  Args:
+    cfg: the MNIST config (``pool``, ``pairs``).
+    cores: CPU cores of this machine.
+
+  Returns:
+    ``(devices or None for one, why)``.
+
+  Example:
+    >>> import ml_collections
+    >>> cfg = ml_collections.ConfigDict(dict(pool=2, pairs=()))
+    >>> default_cpu_devices(cfg, 2)[0], default_cpu_devices(cfg, 64)[0]
+    (2, 45)
+    >>> cfg.pool = 1
+    >>> default_cpu_devices(cfg, 2)
+    (None, 'D_in = 784: one device')
+  """
+  d_in = (28 // cfg.pool) ** 2
+  if d_in > ONE_DEVICE_PER_CORE_MAX_D_IN:
+    return None, f"D_in = {d_in}: one device"
+  pairs = len(cfg.pairs) or len(mnist.ordered_pairs())
+  per_device = -(-pairs // max(1, min(cores, pairs)))   # pairs per device on every core
+  n = -(-pairs // per_device)                           # the fewest devices that achieve it
+  if n <= 1:
+    return None, f"D_in = {d_in}: one device"
+  return n, (f"D_in = {d_in} ≤ {ONE_DEVICE_PER_CORE_MAX_D_IN}: {n} devices (at most one "
+             f"per core), {per_device} pair(s) each")
+
+
 # The peak a run plans for: issue 18's 12 GB for :paper, less 10 % for the model's error.
 MEMORY_BUDGET_BYTES = 10.8e9
 
@@ -221,13 +268,20 @@ def memory_budget(available: Optional[int]) -> float:
                                                             0.9 * available)
 
 
-def task_batch_for(cfg, tasks, n_devices: int = 1) -> tuple[Optional[int], str]:
-  """:func:`choose_task_batch` for a config and its (padded) tasks on ``n_devices``."""
-  return choose_task_batch(
+def task_batch_for(cfg, tasks, n_devices: int = 1, n_local_devices: int = 1
+                   ) -> tuple[Optional[int], str]:
+  """:func:`choose_task_batch` for a config and its (padded) tasks on ``n_devices``, of which
+  ``n_local_devices`` are in this process (they share its machine's memory budget)."""
+  n_local_devices = max(1, n_local_devices)
+  task_batch, line = choose_task_batch(
       cfg.get("task_batch") or 0, pairs_per_device=tasks.k_p.shape[0] // n_devices,
       d_in=tasks.k_p.shape[-1], rank=0 if tasks.root_p is None else tasks.root_p.shape[-2],
       runs_per_pair=len(cfg.methods) * cfg.seeds,
-      budget_bytes=memory_budget(devices.available_memory()))
+      # The local devices share this machine's memory.
+      budget_bytes=memory_budget(devices.available_memory()) / n_local_devices)
+  if n_local_devices > 1:
+    line += f" [budget split over this process's {n_local_devices} devices]"
+  return task_batch, line
 
 
 def init_runs(cfg, tasks, task_batch: Optional[int] = None):
@@ -349,7 +403,8 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   tasks, pairs = build_tasks(cfg, images, labels)
   n_pairs = len(pairs)
   tasks = sweep.pad_tasks(tasks, len(devices_used))
-  task_batch, line = task_batch_for(cfg, tasks, len(devices_used))
+  n_local = sum(d.process_index == jax.process_index() for d in devices_used)
+  task_batch, line = task_batch_for(cfg, tasks, len(devices_used), n_local)
   say(f"[mnist] {line}")
   if multi:
     # Every process built the same tasks and keeps its devices' rows of the global arrays
