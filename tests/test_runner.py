@@ -404,15 +404,30 @@ def _layout(devices_flag, default, xla_flags=None):
   return int(count), layout
 
 
+def test_cpu_layout_the_binary_default_then_devices_flag_then_xla_flags_win(monkeypatch):
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  from immujax.runner import devices  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(xla_bridge, "_backends", {})   # as before JAX starts
+  monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  count = "--xla_force_host_platform_device_count"
+
+  def layout(devices_flag, default, xla_flags=""):
+    monkeypatch.setenv("XLA_FLAGS", xla_flags)
+    said = devices.configure(devices_flag, default=default, why="why")
+    return said, os.environ["XLA_FLAGS"]
+
+  assert layout(None, None) == ("default: one device, every core through XLA's intra-op "
+                                "threads", "")
+  assert layout(None, 2, "--xla_dump_to=d") == (
+      "default for this job: why; --devices=1 for one", f"--xla_dump_to=d {count}=2")
+  assert layout(1, 2) == ("--devices", f"{count}=1")
+  assert layout(None, 2, f"{count}=1") == ("XLA_FLAGS", f"{count}=1")
+  assert layout(None, 3)[1] == ""    # above the core count: it would only oversubscribe
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to create 2 CPU devices")
-def test_cpu_layout_the_binary_default_then_devices_flag_then_xla_flags_win():
-  assert _layout(None, None) == (1, "default: one device, every core through XLA's "
-                                    "intra-op threads")
+def test_the_default_layout_creates_its_devices_before_jax_starts():
   assert _layout(None, 2) == (2, "default for this job: why; --devices=1 for one")
-  assert _layout(1, 2) == (1, "--devices")
-  assert _layout(None, 2, "--xla_force_host_platform_device_count=1") == (1, "XLA_FLAGS")
-  # A default above the core count is not applied (it would only oversubscribe the cores).
-  assert _layout(None, (os.cpu_count() or 1) + 1)[0] == 1
 
 
 def test_small_images_default_to_one_device_per_core_with_no_idle_padding():
