@@ -279,7 +279,7 @@ def task_batch_for(cfg, tasks, n_devices: int = 1, n_local_devices: int = 1
       runs_per_pair=len(cfg.methods) * cfg.seeds,
       # The local devices share this machine's memory.
       budget_bytes=memory_budget(devices.available_memory()) / n_local_devices)
-  if n_local_devices > 1:
+  if n_local_devices > 1 and not cfg.get("task_batch"):
     line += f" [budget split over this process's {n_local_devices} devices]"
   return task_batch, line
 
