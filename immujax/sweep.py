@@ -511,7 +511,9 @@ def _recompute_run(t, r, state, tasks, weights, new, terms, static):
 
   def put(a, value):
     # Writes `value` into row (t, r) of every local shard holding row t; rebuilds `a`.
-    if not isinstance(a, jax.Array) or len(a.addressable_shards) == 1:
+    # (An array of several processes may have one local shard: it is rebuilt the same way.)
+    if not isinstance(a, jax.Array) or (len(a.addressable_shards) == 1
+                                        and a.is_fully_addressable):
       return jnp.asarray(a).at[t, r].set(value)
     parts = []
     for sh in a.addressable_shards:
