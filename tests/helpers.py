@@ -1,5 +1,24 @@
 """Shared test utilities: random symmetric matrices and full-matrix finite differences."""
+import textwrap
+
 import numpy as np
+
+# Python source, for the scripts that tests run in fresh processes: defines `toy_tasks(n)`,
+# n small binary tasks with covariance roots (rank-deficient harmful side), stacked.
+TOY_TASKS_SOURCE = textwrap.dedent("""
+    def toy_tasks(n):
+      import jax, jax.numpy as jnp, numpy as np
+      from immujax import immunize, spectral
+      rng = np.random.default_rng(0)
+      tasks = []
+      for _ in range(n):
+        x_p = rng.normal(size=(40, 10)) * np.linspace(3, 0.1, 10)
+        x_h = rng.normal(size=(30, 10)) * np.linspace(0.1, 3, 10) * (np.arange(10) < 8)
+        t = immunize.make_task(x_p, (x_p[:, 2] > 0) * 1.0, x_h, (x_h[:, 1] > 0) * 1.0)
+        tasks.append(t._replace(root_p=spectral.covariance_root(t.k_p, rows=10),
+                                root_h=spectral.covariance_root(t.k_h, rows=10)))
+      return jax.tree.map(lambda *a: jnp.stack(a), *tasks)
+    """)
 
 
 def random_psd(rng, n, rank=None, spread=10.0):

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 
+from tests import helpers
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLLECTIVE = re.compile(
     r"\b(all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter|"
@@ -24,15 +26,7 @@ SCRIPT = textwrap.dedent("""
     jax.config.update("jax_enable_x64", True)
     from immujax import extreme_eigs, immunize, spectral, sweep
     assert jax.device_count() == 2
-    rng = np.random.default_rng(0)
-    tasks = []
-    for _ in range(3):   # 3 tasks: padded to 4, two per device
-      x_p = rng.normal(size=(40, 10)) * np.linspace(3, 0.1, 10)
-      x_h = rng.normal(size=(30, 10)) * np.linspace(0.1, 3, 10) * (np.arange(10) < 8)
-      t = immunize.make_task(x_p, (x_p[:, 2] > 0) * 1.0, x_h, (x_h[:, 1] > 0) * 1.0)
-      tasks.append(t._replace(root_p=spectral.covariance_root(t.k_p, rows=10),
-                              root_h=spectral.covariance_root(t.k_h, rows=10)))
-    tasks = jax.tree.map(lambda *a: jnp.stack(a), *tasks)
+    tasks = toy_tasks(3)   # 3 tasks: padded to 4, two per device
     mesh = sweep.device_mesh()
     tasks = sweep.shard_tasks(sweep.pad_tasks(tasks, 2), mesh)
     # Every check fails (tol = 0), so the run takes the exact fallback too: the whole
@@ -67,7 +61,8 @@ def test_two_devices_no_collective_in_any_program_and_a_loaded_core(tmp_path):
   # Another process keeps one core busy, as the other jobs did when the abort happened.
   burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
   try:
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-c", helpers.TOY_TASKS_SOURCE + SCRIPT],
+                         cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
   finally:
     burner.kill()
