@@ -213,9 +213,9 @@ def choose_task_batch(requested: int, *, pairs_per_device: int, d_in: int, rank:
 
 
 #: On a CPU, a job whose images have at most this many pixels runs one device per core by
-#: default (:func:`default_cpu_devices`). Measured on this project's 2-core CPU (BUILD_NOTES,
-#: "Every core by default"): at D_in = 196 two devices ran the main job 1.35× faster than
-#: one; at D_in = 784 they were 1.07× slower. No size in between was measured.
+#: default (:func:`default_cpu_devices`). Measured on this project's 2-core CPU only at
+#: D_in = 196 (two devices faster) and 784 (slower): docs/results/performance.md, "Device
+#: layout on a CPU".
 ONE_DEVICE_PER_CORE_MAX_D_IN = 196
 
 
