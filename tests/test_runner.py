@@ -471,3 +471,29 @@ def test_local_devices_share_the_memory_budget(monkeypatch):
   assert "budget 5.4 GB" in line_two and line_two.endswith(
       "[budget split over this process's 2 devices]"), line_two
   assert 1 <= two < one < 45
+
+
+def test_compiler_flags_are_added_once_and_the_users_own_value_wins(monkeypatch):
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  from immujax.runner import devices  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(xla_bridge, "_backends", {})   # as before JAX starts
+  fusion, level = devices.CPU_COMPILER_FLAGS
+  env = {"XLA_FLAGS": "--xla_dump_to=d", "JAX_PLATFORMS": "cpu"}
+  assert devices.compiler_flags(env) == (fusion, level)
+  assert env["XLA_FLAGS"] == f"--xla_dump_to=d {fusion} {level}"
+  assert devices.compiler_flags(env) == ()                  # already there: nothing twice
+  env = {"XLA_FLAGS": "--xla_backend_optimization_level=3", "JAX_PLATFORMS": "cpu"}
+  assert devices.compiler_flags(env) == (fusion,)
+  assert env["XLA_FLAGS"] == f"--xla_backend_optimization_level=3 {fusion}"
+  # The optimization level applies to every backend: not where an accelerator may start.
+  monkeypatch.setattr(devices, "_cpu_only", lambda environ: False)
+  env = {}
+  assert devices.compiler_flags(env) == (fusion,) and env["XLA_FLAGS"] == fusion
+  monkeypatch.setattr(xla_bridge, "_backends", {"cpu": object()})   # XLA has read its flags
+  assert devices.compiler_flags({}) == ()
+
+
+def test_the_test_session_runs_with_the_binaries_compiler_flags():
+  flags = os.environ.get("XLA_FLAGS", "")
+  from immujax.runner import devices  # pylint: disable=g-import-not-at-top
+  assert all(f.split("=")[0] in flags for f in devices.CPU_COMPILER_FLAGS[:1])

@@ -428,6 +428,7 @@ def run(define: Callable[[Definer], None], main: Callable[[Any], Any], *,
     _fail(_flag_error(e, argv, fv))
   logging.set_verbosity(logging.WARNING)   # orbax's INFO lines would drown the progress
   jax.config.update("jax_enable_x64", True)  # all spectral math in float64
+  devices.compiler_flags(os.environ)        # before any computation starts XLA
   # Compile once per machine: JAX's persistent cache in a user directory (devices.py).
   cache_line = devices.compilation_cache(os.environ)
   if not ("process_id" in fv and fv["process_id"].value):   # process 0 (or alone) says it

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "compiler_flags",
     "configure",
     "describe",
 ]
@@ -63,6 +64,66 @@ def describe(source: str, devices: int | None = None) -> str:
   return (f"{use} of {n} local {jax.devices()[0].platform.upper()} device(s) ({source}); "
           f"{os.cpu_count()} core(s); OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+
+
+# ------------------------------------------------------------------ XLA:CPU's compiler
+
+# XLA:CPU options every binary starts with, unless ``XLA_FLAGS`` names the same option.
+# XLA's own defaults spend compile time that these jobs never win back: on the README main
+# job (115 programs) they cut XLA compilation by about a third with the steps as fast, and
+# results equal to ≤ 4e-9 (BUILD_NOTES.md, "Compiler options"). The legacy loop emitters
+# compile small fusions faster than the new MLIR fusion emitters; LLVM's level 1 drops
+# passes that found nothing to gain in these programs (the large products run in library
+# kernels, YNNPACK and Eigen, whatever the level; level 0 made every step twice as slow).
+CPU_COMPILER_FLAGS = (
+    "--xla_cpu_use_fusion_emitters=false",
+    "--xla_backend_optimization_level=1",
+)
+# The level above applies to every XLA backend: set it only where no accelerator plugin
+# could start (jax finds GPU plugins as ``jax_plugins`` entry points or modules, TPUs by
+# ``libtpu``), or where ``JAX_PLATFORMS`` asks for the CPU alone.
+_ALL_BACKENDS = ("--xla_backend_optimization_level",)
+
+
+def _cpu_only(environ) -> bool:
+  if environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+    return True
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if any(importlib.util.find_spec(m) is not None for m in ("jax_plugins", "libtpu")):
+    return False
+  return not importlib.metadata.entry_points(group="jax_plugins")
+
+
+def compiler_flags(environ=None) -> tuple[str, ...]:
+  """Adds :data:`CPU_COMPILER_FLAGS` to ``XLA_FLAGS``; returns the ones added. No JAX call.
+
+  An option already in ``XLA_FLAGS`` (any value) is the user's and is left alone; so is a
+  process whose JAX backends have started (XLA reads its flags once). Called by the
+  binaries' edge (``immujax.runner.cli.run``) and by the test suite's ``conftest.py``.
+
+  Args:
+    environ: the environment to read and update (default ``os.environ``).
+  """
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  environ = os.environ if environ is None else environ
+  if xla_bridge._backends:  # pylint: disable=protected-access
+    return ()
+  flags = environ.get("XLA_FLAGS", "")
+  cpu_only = None
+  added = []
+  for flag in CPU_COMPILER_FLAGS:
+    name = flag.split("=")[0]
+    if name in flags:
+      continue
+    if name in _ALL_BACKENDS:
+      cpu_only = _cpu_only(environ) if cpu_only is None else cpu_only
+      if not cpu_only:
+        continue
+    added.append(flag)
+  if added:
+    environ["XLA_FLAGS"] = " ".join([flags.strip(), *added]).strip()
+  return tuple(added)
 
 
 # ------------------------------------------------------------------ the compilation cache
