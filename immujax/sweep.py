@@ -426,6 +426,30 @@ def run_chunk_checked(state: immunize.State, tasks: immunize.Task,
     were recomputed exactly in this chunk (their ``terms.eig_ok`` stays False, as a record).
   """
   new, terms = run_chunk(state, tasks, weights, **kwargs)
+  return check_chunk(state, tasks, weights, new, terms, bulk_fraction=bulk_fraction,
+                     timings=timings, **kwargs)
+
+
+def check_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.Weights,
+                new: immunize.State, terms: immunize.Terms, *, bulk_fraction: float = 0.25,
+                timings: dict | None = None, **kwargs
+                ) -> tuple[immunize.State, immunize.Terms, np.ndarray]:
+  """The second half of :func:`run_chunk_checked`, for a chunk already dispatched.
+
+  ``(new, terms) = run_chunk(state, tasks, weights, **kwargs)`` returns as soon as its
+  program is dispatched. A study with several blocks (one per method) dispatches every
+  block's chunk first and checks them after: the host then traces and compiles the next
+  block's program while the devices step the block before (a device runs its programs one
+  after another, so the blocks' temporaries are not held at once).
+
+  Args:
+    state, tasks, weights: the chunk's inputs, as given to :func:`run_chunk`.
+    new, terms: what :func:`run_chunk` returned for them.
+    bulk_fraction, timings, **kwargs: as :func:`run_chunk_checked`.
+
+  Returns:
+    As :func:`run_chunk_checked`.
+  """
   ok = terms.eig_ok
   if isinstance(ok, jax.Array) and not ok.is_fully_addressable:
     # Split over several processes (jax.distributed): every process gathers the flags, so

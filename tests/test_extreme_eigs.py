@@ -282,6 +282,13 @@ def test_fallback_recomputes_flagged_runs_exactly(monkeypatch):
   jax.clear_caches()   # the tolerance is read when the step is traced
   out = [sweep.run_chunk_checked(runs.state, tasks, runs.weights, steps=3, loss="bce",
                                  bulk_fraction=bulk) for bulk in (1.0, 0.25)]
+  # The same in two halves, as the MNIST study steps its methods: two blocks' chunks
+  # dispatched before either is checked, then each checked and recomputed.
+  dispatched = [sweep.run_chunk(runs.state, tasks, runs.weights, steps=3, loss="bce")
+                for _ in range(2)]
+  out += [sweep.check_chunk(runs.state, tasks, runs.weights, new, terms, steps=3,
+                            loss="bce", bulk_fraction=bulk)
+          for (new, terms), bulk in zip(dispatched, (1.0, 0.25))]
   ref, _ = sweep.run_chunk(runs.state, tasks, runs.weights, steps=3, loss="bce", exact=True)
   jax.clear_caches()
   for new, terms, fb in out:

@@ -445,21 +445,33 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   def chunk(blocks, start):
     states, fallbacks, terms = [], [], []
     resid = np.asarray(blocks["max_residual"])
-    for m, st, w, fb, static in zip(methods, blocks["state"], weights, blocks["fallbacks"],
-                                    statics):
-      t0, spent = time.perf_counter(), {}
-      st, t, flagged = sweep.run_chunk_checked(
-          st, tasks, w, steps=cfg.chunk_steps, loss="bce", task_batch=task_batch,
-          mesh=mesh if task_batch else None, all_steps=True, timings=spent, **static)
+    kw = dict(steps=cfg.chunk_steps, loss="bce", task_batch=task_batch,
+              mesh=mesh if task_batch else None, all_steps=True)
+    # Every method's chunk is dispatched before any is waited for: the host traces (and,
+    # in a first chunk, compiles) the next method's program while the devices step the one
+    # before; a device runs them one after another.
+    ready = time.perf_counter()
+    out = [sweep.run_chunk(st, tasks, w, **kw, **static)
+           for st, w, static in zip(blocks["state"], weights, statics)]
+    for m, (new_state, _) in zip(methods, out):
+      jax.block_until_ready(new_state)
+      # Each method's steps from the one before it finished (the first chunk's first
+      # method also waits for every method's compilation).
+      chunk_s[m].append(time.perf_counter() - ready)
+      ready = time.perf_counter()
+    for m, st, w, fb, static, (new_state, t) in zip(methods, blocks["state"], weights,
+                                                     blocks["fallbacks"], statics, out):
+      spent = {}
+      st, t, flagged = sweep.check_chunk(st, tasks, w, new_state, t, timings=spent, **kw,
+                                         **static)
       t = distributed.to_host(t)   # every step's terms (T, R_m, steps), from all processes
       jax.block_until_ready(st)
-      # Each chunk's steps (the first one compiles), and the exact recomputes apart.
-      chunk_s[m].append(time.perf_counter() - t0 - spent.get("fallback", 0.0))
-      phases.add(f"fallback:{m}", spent.get("fallback", 0.0))
+      phases.add(f"fallback:{m}", spent.get("fallback", 0.0))   # the exact recomputes
       states.append(st)
       fallbacks.append(np.asarray(fb) + flagged)
       terms.append(t)
       resid = np.maximum(resid, t.eig_residual.max())
+    del out
     new = {"state": tuple(states), "fallbacks": tuple(fallbacks), "max_residual": resid}
     terms = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *terms)
     with phases("metrics_log"):
