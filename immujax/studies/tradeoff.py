@@ -250,11 +250,15 @@ def run(cfg, workdir, setting: Setting, *, max_chunks: Optional[int] = None,
 
   def chunk(state, start):
     del start
+    kw = dict(steps=s.chunk_steps, loss=s.loss, task_batch=task_batch,
+              mesh=mesh if (task_batch and len(devices) > 1) else None)
+    # Every block's chunk is dispatched before any is checked (sweep.check_chunk): the
+    # host traces and compiles the next block while the devices step the one before.
+    out = [sweep.run_chunk(st, tasks, w, **kw, **static)
+           for st, w, static in zip(state["state"], weights, statics)]
     new, last = [], []
-    for st, w, static in zip(state["state"], weights, statics):
-      st, terms, _ = sweep.run_chunk_checked(
-          st, tasks, w, steps=s.chunk_steps, loss=s.loss, task_batch=task_batch,
-          mesh=mesh if (task_batch and len(devices) > 1) else None, **static)
+    for st, w, static, (st_new, terms) in zip(state["state"], weights, statics, out):
+      st, terms, _ = sweep.check_chunk(st, tasks, w, st_new, terms, **kw, **static)
       new.append(st)
       last.append(np.asarray(terms.supervised))
     return {"state": tuple(new)}, np.concatenate(last, axis=1)
