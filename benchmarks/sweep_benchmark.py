@@ -51,6 +51,9 @@ from immujax import extreme_eigs  # pylint: disable=g-import-not-at-top
 from immujax import linalg  # pylint: disable=g-import-not-at-top
 from immujax import spectral  # pylint: disable=g-import-not-at-top
 from immujax import sweep  # pylint: disable=g-import-not-at-top
+from immujax.runner import devices  # pylint: disable=g-import-not-at-top
+
+devices.compiler_flags()   # the binaries' XLA:CPU options, before the first computation
 
 
 def cpu_name() -> str:

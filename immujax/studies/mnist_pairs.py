@@ -495,10 +495,11 @@ def run(cfg, workdir, *, mnist_dir: Optional[str] = None, tfds_data_dir: Optiona
   if blocks is None:
     return None
   with phases("evaluate"):
-    # Block by block: joining the blocks first would hold a second θ per run.
-    ev = [distributed.to_host(sweep.evaluate(st, tasks, loss="bce", kappa=cfg.kappa,
-                                             task_batch=task_batch))
+    # Block by block: joining the blocks first would hold a second θ per run. All are
+    # dispatched before the first is read (a device runs them one after another).
+    ev = [sweep.evaluate(st, tasks, loss="bce", kappa=cfg.kappa, task_batch=task_batch)
           for st in blocks["state"]]
+    ev = [distributed.to_host(e) for e in ev]
     ev = jax.tree.map(lambda *a: np.concatenate(a, axis=1)[:n_pairs], *ev)
   if not main:
     return None   # process 0 alone writes the results
