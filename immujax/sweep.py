@@ -445,7 +445,9 @@ def check_chunk(state: immunize.State, tasks: immunize.Task, weights: immunize.W
   Args:
     state, tasks, weights: the chunk's inputs, as given to :func:`run_chunk`.
     new, terms: what :func:`run_chunk` returned for them.
-    bulk_fraction, timings, **kwargs: as :func:`run_chunk_checked`.
+    bulk_fraction: as :func:`run_chunk_checked`.
+    timings: as :func:`run_chunk_checked`.
+    **kwargs: the keyword arguments ``run_chunk`` was given.
 
   Returns:
     As :func:`run_chunk_checked`.
