@@ -19,7 +19,7 @@ jax.config.update("jax_enable_x64", True)
 from immujax.runner import devices  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The binaries' XLA:CPU compiler options (immujax.runner.devices), here too: the tests then
-# run what the binaries run, and compile a third faster. Subprocesses inherit them.
+# run what the binaries run, and compile faster. Subprocesses inherit them.
 devices.compiler_flags(os.environ)
 
 _DEFAULT = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"

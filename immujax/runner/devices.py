@@ -69,9 +69,9 @@ def describe(source: str, devices: int | None = None) -> str:
 # ------------------------------------------------------------------ XLA:CPU's compiler
 
 # XLA:CPU options every binary starts with, unless ``XLA_FLAGS`` names the same option.
-# XLA's own defaults spend compile time that these jobs never win back: on the README main
-# job (115 programs) they cut XLA compilation by about a third with the steps as fast, and
-# results equal to ≤ 4e-9 (BUILD_NOTES.md, "Compiler options"). The legacy loop emitters
+# XLA's own defaults spend compile time that these jobs never win back: these options
+# compile the README main job's 115 programs faster with the steps as fast and results
+# equal up to rounding (BUILD_NOTES.md, "Compiler options"). The legacy loop emitters
 # compile small fusions faster than the new MLIR fusion emitters; LLVM's level 1 drops
 # passes that found nothing to gain in these programs (the large products run in library
 # kernels, YNNPACK and Eigen, whatever the level; level 0 made every step twice as slow).
